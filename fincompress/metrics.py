@@ -1,0 +1,64 @@
+"""Classification metrics (torchmetrics) and the confusion-matrix figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        "f1_per_class": MulticlassF1Score(num_classes, average=None),
+        "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+    })
+
+
+def scalar_metrics(values: dict[str, torch.Tensor], labels: list[str]) -> dict[str, float]:
+    """Flatten computed metrics to loggable scalars: per-class F1 becomes ``<prefix>f1_<label>``;
+    the confusion matrix is left out (see :func:`confusion_matrix_lists`)."""
+    scalars = {}
+    for name, value in values.items():
+        if name.endswith("f1_per_class"):
+            prefix = name.removesuffix("f1_per_class")
+            scalars.update({f"{prefix}f1_{label}": float(v) for label, v in zip(labels, value)})
+        elif not name.endswith("confusion_matrix"):
+            scalars[name] = float(value)
+    return scalars
+
+
+def save_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path,
+                          title: str) -> Path:
+    """A row-normalised confusion-matrix heat map with counts, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = torch.tensor(matrix, dtype=torch.float)
+    normalised = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, axes = plt.subplots(figsize=(4.2, 3.6))
+    image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            colour = "white" if normalised[i, j] > 0.6 else "black"
+            axes.text(j, i, f"{normalised[i, j]:.2f}\n({int(counts[i, j])})", ha="center",
+                      va="center", fontsize=8, color=colour)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("gold")
+    axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)

@@ -1,0 +1,79 @@
+"""What every stage does around training: build the Trainer, save artifacts, describe the run.
+
+Each saved model folder holds a Hugging Face model and tokenizer plus ``checkpoint_info.json``
+(resolved config, metrics, parameter count, size on disk, wall time, timestamp, git commit,
+split hash), written atomically so a crash never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fincompress.models.sources import count_parameters, folder_size_bytes
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def git_commit() -> str | None:
+    """The commit the code ran from, with ``-dirty`` if tracked files were modified."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def config_hash(*nodes) -> str:
+    """A fingerprint of the config nodes that determine an artifact (for reuse checks)."""
+    text = json.dumps([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n
+                       for n in nodes], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def save_model_folder(model, tokenizer, folder: str | Path, info: dict) -> dict:
+    """Save model + tokenizer + ``checkpoint_info.json`` to ``folder``, replacing it whole.
+
+    Returns the info as written (with parameter count and size on disk added).
+    """
+    folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    info = {
+        **info,
+        "parameters": count_parameters(model),
+        "size_on_disk_bytes": folder_size_bytes(staging),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+    write_json(info, staging / "checkpoint_info.json")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+    return info

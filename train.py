@@ -1,0 +1,28 @@
+"""Hydra entry point: ``python train.py +experiment=NAME [overrides]``."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from fincompress.teacher.train import train_teacher
+
+TASKS = {"teacher": train_teacher}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    if cfg.task_name not in TASKS:
+        raise ValueError(f"unknown task_name {cfg.task_name!r}; known: {sorted(TASKS)}")
+    try:
+        info = TASKS[cfg.task_name](cfg)
+    finally:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()  # one W&B run per job, also in multirun sweeps
+    return info["metrics"].get("test/f1_macro")  # the value Hydra sweepers optimise
+
+
+if __name__ == "__main__":
+    main()
