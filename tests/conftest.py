@@ -1,0 +1,52 @@
+"""Shared test fixtures: the real data in ../shared/data, composed configs, offline settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+# Tests never touch the network: hub loads fail fast, W&B writes locally.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+DATA_DIR = Path(os.environ.get("FINCOMPRESS_DATA", ROOT.parent / "shared" / "data")).resolve()
+PHRASEBANK_DIR = DATA_DIR / "financial_phrasebank"
+NEWS_DIR = DATA_DIR / "news"
+
+# Settings that make any experiment tiny: random 2-layer model, a few sentences per split.
+TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (PHRASEBANK_DIR / "FinancialPhraseBank-v1.0").is_dir():
+        pytest.fail(f"the shared data is missing: expected {DATA_DIR} (set FINCOMPRESS_DATA)")
+    return DATA_DIR
+
+
+def compose_config(overrides: list[str], output_dir: Path):
+    """The config ``python train.py OVERRIDES`` would run, writing under ``output_dir``."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            config_name="train",
+            overrides=[
+                *overrides,
+                f"paths.data_dir={DATA_DIR}",
+                f"paths.output_root={output_dir}",
+                f"paths.output_dir={output_dir / 'run'}",
+            ],
+        )
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from fincompress.models.sources import load_tokenizer
+
+    return load_tokenizer("bundled:minilm-l6")

@@ -1,0 +1,99 @@
+import random
+
+import pytest
+import torch
+
+from fincompress.data.datamodule import (
+    LengthGroupedBatchSampler,
+    NewsDataModule,
+    PhraseBankDataModule,
+    tokenize_cached,
+)
+from fincompress.data.phrasebank import read_split_file
+
+from .conftest import NEWS_DIR, PHRASEBANK_DIR
+
+
+def _datamodule(tokenizer, tmp_path, **kwargs):
+    return PhraseBankDataModule(source=str(PHRASEBANK_DIR), tokenizer=tokenizer,
+                                cache_dir=str(tmp_path / "cache"), split_dir=str(tmp_path / "split"),
+                                batch_size=16, **kwargs)
+
+
+def test_batches_are_padded_to_their_own_longest(data_dir, minilm_tokenizer, tmp_path):
+    datamodule = _datamodule(minilm_tokenizer, tmp_path)
+    datamodule.setup()
+    for batch in datamodule.train_dataloader():
+        lengths = batch["attention_mask"].sum(dim=1)
+        assert batch["input_ids"].shape[1] == lengths.max()
+        assert set(batch) == {"input_ids", "attention_mask", "labels", "index"}
+    assert sum(len(b["index"]) for b in datamodule.test_dataloader()) == len(
+        read_split_file(tmp_path / "split" / "test.csv"))
+
+
+def test_length_grouping_cuts_padding_and_covers_every_item_once():
+    rng = random.Random(0)
+    lengths = [rng.randint(8, 120) for _ in range(2000)]
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    grouped = list(LengthGroupedBatchSampler(lengths, 32, shuffle=True, seed=1))
+    shuffled = list(range(2000))
+    rng.shuffle(shuffled)
+    plain = [shuffled[i : i + 32] for i in range(0, 2000, 32)]
+    assert sorted(i for b in grouped for i in b) == list(range(2000))
+    assert padding(grouped) < 0.5 * padding(plain)
+    sampler = LengthGroupedBatchSampler(lengths, 32, shuffle=True, seed=1)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order every epoch
+
+
+def test_tokenization_is_cached_across_runs(minilm_tokenizer, tmp_path):
+    calls = []
+
+    class CountingTokenizer:
+        backend_tokenizer = minilm_tokenizer.backend_tokenizer
+
+        def __call__(self, texts, **kwargs):
+            calls.append(len(texts))
+            return minilm_tokenizer(texts, **kwargs)
+
+    texts = ["Profit rose.", "Sales fell sharply in the third quarter ."]
+    first = tokenize_cached(texts, CountingTokenizer(), 128, tmp_path)
+    second = tokenize_cached(texts, CountingTokenizer(), 128, tmp_path)
+    assert first == second and calls == [2]
+    tokenize_cached(texts, CountingTokenizer(), 16, tmp_path)  # another max_length: new entry
+    assert calls == [2, 2]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_split_written_and_labels_match(data_dir, minilm_tokenizer, tmp_path):
+    datamodule = _datamodule(minilm_tokenizer, tmp_path)
+    datamodule.setup()
+    test_rows = read_split_file(tmp_path / "split" / "test.csv")
+    assert [r.id for r in test_rows] == [r.id for r in datamodule.splits["test"]]
+    labels = torch.cat([b["labels"] for b in datamodule.test_dataloader()])
+    index = torch.cat([b["index"] for b in datamodule.test_dataloader()])
+    gold = [["negative", "neutral", "positive"].index(test_rows[i].label) for i in index]
+    assert labels.tolist() == gold
+    assert datamodule.info["test_size"] == len(test_rows) > 300
+
+
+def test_wrong_label_order_is_refused(minilm_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="PhraseBank labels are"):
+        _datamodule(minilm_tokenizer, tmp_path, labels=["positive", "negative", "neutral"])
+
+
+def test_news_datamodule_predict_batches(data_dir, minilm_tokenizer, tmp_path):
+    datamodule = NewsDataModule(sources=[str(NEWS_DIR / "seeking_alpha")], max_sentences=200,
+                                exclude_phrasebank=str(PHRASEBANK_DIR), tokenizer=minilm_tokenizer,
+                                cache_dir=str(tmp_path), eval_batch_size=64)
+    datamodule.setup()
+    batches = list(datamodule.predict_dataloader())
+    assert sum(len(b["index"]) for b in batches) == 200
+    assert "labels" not in batches[0]
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths)  # evaluation runs in order of length

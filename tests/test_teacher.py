@@ -1,0 +1,50 @@
+"""The teacher experiment end to end on a tiny random BERT and a small PhraseBank slice."""
+
+import json
+import subprocess
+import sys
+
+import torch
+
+from fincompress.data.phrasebank import read_split_file
+from fincompress.models.sources import load_classifier
+from fincompress.teacher.train import train_teacher
+
+from .conftest import DATA_DIR, ROOT, TINY, compose_config
+
+
+def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
+    cfg = compose_config(["+experiment=teacher", *TINY], tmp_path)
+    info = train_teacher(cfg)
+    run = tmp_path / "run"
+
+    saved = json.loads((run / "model" / "checkpoint_info.json").read_text())
+    assert saved["metrics"] == info["metrics"]
+    for key in ("config", "metrics", "parameters", "size_on_disk_bytes", "wall_time_s",
+                "timestamp", "git_commit", "split_hash", "confusion_matrix"):
+        assert saved[key] is not None, key
+    test_rows = read_split_file(run / "split" / "test.csv")
+    assert len(test_rows) == 48 == sum(map(sum, saved["confusion_matrix"]))
+    assert 0 <= saved["metrics"]["test/f1_macro"] <= saved["metrics"]["test/acc"] <= 1
+    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    assert (run / "csv" / "metrics.csv").read_text().count("val/f1_macro") == 1
+
+    # The exported folder holds exactly the weights of the best checkpoint.
+    model, tokenizer = load_classifier(str(run / "model"), list(cfg.data.labels))
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, best[f"model.{name}"])
+    assert tokenizer("Profit rose .")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_teacher_command_line(tmp_path, data_dir):
+    """The README's main command, shrunk to a tiny model and data slice."""
+    result = subprocess.run(
+        [sys.executable, "train.py", "+experiment=teacher", *TINY,
+         f"paths.data_dir={DATA_DIR}", f"paths.output_root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test accuracy" in result.stdout and "test macro-F1" in result.stdout
+    runs = list((tmp_path / "teacher").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model" / "checkpoint_info.json").is_file()
