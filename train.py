@@ -5,17 +5,18 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from fincompress.pipeline import run_distill
 from fincompress.teacher.train import train_teacher
 
-TASKS = {"teacher": train_teacher}
+TASKS = {"teacher": train_teacher, "distill": run_distill}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.task_name not in TASKS:
-        raise ValueError(f"unknown task_name {cfg.task_name!r}; known: {sorted(TASKS)}")
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(TASKS)}")
     try:
-        info = TASKS[cfg.task_name](cfg)
+        info = TASKS[cfg.task](cfg)
     finally:
         import wandb
 

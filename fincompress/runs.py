@@ -7,6 +7,7 @@ split hash), written atomically so a crash never leaves a half-written artifact.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -16,16 +17,28 @@ import subprocess
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.models.sources import count_parameters, folder_size_bytes
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, prefix: str = "") -> L.Trainer:
+    """The configured Trainer; ``prefix`` keeps each stage's metrics apart in a shared logger."""
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    loggers = [instantiate(c, prefix=prefix) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def stage_config(cfg: DictConfig, output_dir: str | Path, **trainer_overrides) -> DictConfig:
+    """A copy of ``cfg`` writing to ``output_dir`` (splits, checkpoints, logs) with trainer
+    fields replaced, so each stage of a pipeline keeps its own folder."""
+    stage = copy.deepcopy(cfg)
+    stage.paths.output_dir = str(output_dir)
+    for key, value in trainer_overrides.items():
+        stage.trainer[key] = value
+    return stage
 
 
 def git_commit() -> str | None:
@@ -55,8 +68,10 @@ def write_json(data: dict, path: str | Path) -> Path:
     return path
 
 
-def save_model_folder(model, tokenizer, folder: str | Path, info: dict) -> dict:
-    """Save model + tokenizer + ``checkpoint_info.json`` to ``folder``, replacing it whole.
+def save_model_folder(model, tokenizer, folder: str | Path, info: dict,
+                      extra_files: dict[str, Path] | None = None) -> dict:
+    """Save model + tokenizer + ``checkpoint_info.json`` (+ ``extra_files``, name -> source
+    path) to ``folder``, replacing it whole.
 
     Returns the info as written (with parameter count and size on disk added).
     """
@@ -65,6 +80,8 @@ def save_model_folder(model, tokenizer, folder: str | Path, info: dict) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, staging / name)
     info = {
         **info,
         "parameters": count_parameters(model),
@@ -77,3 +94,18 @@ def save_model_folder(model, tokenizer, folder: str | Path, info: dict) -> dict:
         shutil.rmtree(folder)
     os.replace(staging, folder)
     return info
+
+
+def load_best_weights(trainer: L.Trainer, module: L.LightningModule) -> None:
+    """Put the best checkpoint's weights (by the monitored metric) back into ``module``."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_path:
+        state = torch.load(callback.best_model_path, weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+
+
+def best_score(trainer: L.Trainer) -> float | None:
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.best_model_score is None:
+        return None
+    return float(callback.best_model_score)

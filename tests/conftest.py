@@ -40,7 +40,7 @@ def compose_config(overrides: list[str], output_dir: Path):
                 *overrides,
                 f"paths.data_dir={DATA_DIR}",
                 f"paths.output_root={output_dir}",
-                f"paths.output_dir={output_dir / 'run'}",
+                f"paths.run_dir={output_dir / 'run'}",
             ],
         )
 

@@ -1,8 +1,6 @@
 """The teacher experiment end to end on a tiny random BERT and a small PhraseBank slice."""
 
 import json
-import subprocess
-import sys
 
 import torch
 
@@ -10,7 +8,7 @@ from fincompress.data.phrasebank import read_split_file
 from fincompress.models.sources import load_classifier
 from fincompress.teacher.train import train_teacher
 
-from .conftest import DATA_DIR, ROOT, TINY, compose_config
+from .conftest import TINY, compose_config
 
 
 def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
@@ -36,15 +34,3 @@ def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
         torch.testing.assert_close(tensor, best[f"model.{name}"])
     assert tokenizer("Profit rose .")["input_ids"][0] == tokenizer.cls_token_id
 
-
-def test_teacher_command_line(tmp_path, data_dir):
-    """The README's main command, shrunk to a tiny model and data slice."""
-    result = subprocess.run(
-        [sys.executable, "train.py", "+experiment=teacher", *TINY,
-         f"paths.data_dir={DATA_DIR}", f"paths.output_root={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "test accuracy" in result.stdout and "test macro-F1" in result.stdout
-    runs = list((tmp_path / "teacher").iterdir())
-    assert len(runs) == 1 and (runs[0] / "model" / "checkpoint_info.json").is_file()

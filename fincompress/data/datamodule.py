@@ -59,11 +59,19 @@ def tokenize_cached(
 
 
 class TokenizedDataset(Dataset):
-    def __init__(self, input_ids: list[list[int]], labels: list[int] | None = None):
+    """Token ids, optional labels, and optional per-item tensors (``extras``, e.g. the
+    teacher's cached logits) that batches carry under the same names."""
+
+    def __init__(self, input_ids: list[list[int]], labels: list[int] | None = None,
+                 extras: dict[str, torch.Tensor] | None = None):
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(f"{len(labels)} labels for {len(input_ids)} texts")
+        for name, values in (extras or {}).items():
+            if len(values) != len(input_ids):
+                raise ValueError(f"{len(values)} {name} for {len(input_ids)} texts")
         self.input_ids = input_ids
         self.labels = labels
+        self.extras = extras or {}
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -72,6 +80,7 @@ class TokenizedDataset(Dataset):
         item = {"input_ids": self.input_ids[index], "index": index}
         if self.labels is not None:
             item["labels"] = self.labels[index]
+        item.update({name: values[index] for name, values in self.extras.items()})
         return item
 
     @property
@@ -143,6 +152,8 @@ def pad_collate(pad_token_id: int):
         }
         if "labels" in items[0]:
             batch["labels"] = torch.tensor([item["labels"] for item in items])
+        for name in items[0].keys() - {"input_ids", "index", "labels"}:
+            batch[name] = torch.stack([item[name] for item in items])
         return batch
 
     return collate

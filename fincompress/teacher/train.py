@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.metrics import save_confusion_matrix
-from fincompress.runs import build_trainer, config_hash, save_model_folder
-from fincompress.teacher.module import ClassifierModule
+from fincompress.runs import best_score, build_trainer, config_hash, save_model_folder
+from fincompress.module import ClassifierModule
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def train_teacher(cfg: DictConfig) -> dict:
         "source": cfg.teacher.model.source,
         "labels": labels,
         "metrics": results["metrics"],
-        "best_val_f1_macro": _best_score(trainer),
+        "best_val_f1_macro": best_score(trainer),
         "confusion_matrix": results["confusion_matrix"],
         "data": datamodule.info,
         "split_hash": datamodule.info["split_hash"],
@@ -65,13 +65,6 @@ def train_teacher(cfg: DictConfig) -> dict:
     )
     print(format_report(info, output_dir))
     return info
-
-
-def _best_score(trainer: L.Trainer) -> float | None:
-    callback = trainer.checkpoint_callback
-    if callback is None or callback.best_model_score is None:
-        return None
-    return float(callback.best_model_score)
 
 
 def format_report(info: dict, output_dir: Path) -> str:

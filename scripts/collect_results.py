@@ -1,0 +1,79 @@
+"""Print a markdown table of every saved model under a folder (default: outputs/).
+
+    python scripts/collect_results.py [outputs] [--json results.json]
+
+Reads each ``checkpoint_info.json``; the README's result tables are produced by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def collect(root: Path) -> list[dict]:
+    rows = []
+    for path in sorted(root.rglob("checkpoint_info.json")):
+        info = json.loads(path.read_text())
+        metrics = info.get("metrics", {})
+        rows.append({
+            "run": str(path.parent.parent.relative_to(root)),
+            "stage": info.get("stage"),
+            "source": info.get("source"),
+            "agreement": info.get("data", {}).get("agreement"),
+            "test_size": info.get("data", {}).get("test_size"),
+            "acc": metrics.get("test/acc"),
+            "f1_macro": metrics.get("test/f1_macro"),
+            "parameters_m": round(info.get("parameters", 0) / 1e6, 1),
+            "size_mib": round(info.get("size_on_disk_bytes", 0) / 2**20),
+            "epochs": info.get("epochs_run"),
+            "wall_time_s": info.get("wall_time_s"),
+            "split_hash": info.get("split_hash"),
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ("| run | stage | model | test set | accuracy | macro-F1 | params (M) | size (MiB) "
+              "| wall time (s) |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [
+        f"| {r['run']} | {r['stage']} | {r['source']} | {r['agreement']} ({r['test_size']}) "
+        f"| {r['acc']:.4f} | {r['f1_macro']:.4f} | {r['parameters_m']} | {r['size_mib']} "
+        f"| {r['wall_time_s']:.0f} |"
+        for r in rows
+    ]
+    return "\n".join([header, *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", nargs="?", default="outputs", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args()
+    rows = collect(args.root)
+    if not rows:
+        raise SystemExit(f"no checkpoint_info.json under {args.root}")
+    print(markdown(rows))
+    print(f"\nmachine: {machine()}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
