@@ -35,30 +35,32 @@ def scalar_metrics(values: dict[str, torch.Tensor], labels: list[str]) -> dict[s
     return scalars
 
 
-def save_confusion_matrix(matrix: list[list[int]], labels: list[str], path: str | Path,
-                          title: str) -> Path:
-    """A row-normalised confusion-matrix heat map with counts, as PNG."""
+def save_confusion_matrices(matrices: dict[str, list[list[int]]], labels: list[str],
+                            path: str | Path) -> Path:
+    """Row-normalised confusion matrices side by side (one panel per title), with counts, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = torch.tensor(matrix, dtype=torch.float)
-    normalised = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    figure, axes = plt.subplots(figsize=(4.2, 3.6))
-    image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            colour = "white" if normalised[i, j] > 0.6 else "black"
-            axes.text(j, i, f"{normalised[i, j]:.2f}\n({int(counts[i, j])})", ha="center",
-                      va="center", fontsize=8, color=colour)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("gold")
-    axes.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure, axes_row = plt.subplots(1, len(matrices), figsize=(4.0 * len(matrices) + 0.6, 3.6),
+                                    squeeze=False)
+    for panel, (axes, (title, matrix)) in enumerate(zip(axes_row[0], matrices.items())):
+        counts = torch.tensor(matrix, dtype=torch.float)
+        normalised = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+        image = axes.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        for i in range(len(labels)):
+            for j in range(len(labels)):
+                colour = "white" if normalised[i, j] > 0.6 else "black"
+                axes.text(j, i, f"{normalised[i, j]:.2f}\n({int(counts[i, j])})", ha="center",
+                          va="center", fontsize=8, color=colour)
+        axes.set_xticks(range(len(labels)), labels, fontsize=8)
+        axes.set_yticks(range(len(labels)), labels if panel == 0 else [], fontsize=8)
+        axes.set_xlabel("predicted")
+        if panel == 0:
+            axes.set_ylabel("gold")
+        axes.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes_row[0].tolist(), fraction=0.03)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return Path(path)

@@ -33,7 +33,7 @@ from fincompress.data.datamodule import (
 )
 from fincompress.data.phrasebank import read_split_file
 from fincompress.evaluate import diagnostics, predict
-from fincompress.metrics import save_confusion_matrix
+from fincompress.metrics import save_confusion_matrices
 from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
 from fincompress.module import ClassifierModule
 from fincompress.pseudo_label.label import pseudo_label
@@ -241,14 +241,14 @@ def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, lab
         "split_hash": phrasebank.info["split_hash"],
         "config": OmegaConf.to_container(cfg, resolve=True),
     }, extra_files={"test_split.csv": stage_dir / "split" / "test.csv"})
-    save_confusion_matrix(student_scores["confusion_matrix"], labels,
-                          output_dir / "confusion_matrix.png",
-                          f"{cfg.method.name} {cfg.student.name}: macro-F1 "
-                          f"{student_scores['f1_macro']:.3f}")
+    title = f"{cfg.method.name} {cfg.student.name}: macro-F1 {student_scores['f1_macro']:.3f}"
+    save_confusion_matrices({title: student_scores["confusion_matrix"]}, labels,
+                            output_dir / "confusion_matrix.png")
     return {
         "method": cfg.method.name,
         "student_name": cfg.student.name,
         "teacher_dir": str(teacher_dir),
+        "teacher_source": _recorded_source(teacher_dir),
         "student_dir": str(student_folder),
         "split_hash": phrasebank.info["split_hash"],
         "test_size": len(test_rows),
@@ -282,6 +282,13 @@ def side_by_side(result: dict) -> str:
 
 def _split_settings(cfg: DictConfig) -> dict:
     return {key: OmegaConf.to_container(cfg.data, resolve=True)[key] for key in SPLIT_KEYS}
+
+
+def _recorded_source(model_dir: Path) -> str:
+    info = model_dir / "checkpoint_info.json"
+    if info.is_file():
+        return json.loads(info.read_text()).get("source") or str(model_dir)
+    return str(model_dir)
 
 
 def _staging(folder: Path) -> Path:

@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fincompress.models.sources import resolve_source
+from fincompress.models.sources import load_classifier, resolve_source
+from fincompress.pipeline import build_loss
 from fincompress.runs import build_trainer
 
 from .conftest import CONF_DIR, compose_config
@@ -30,9 +31,29 @@ def test_every_group_is_found():
     assert {"data", "news", "teacher", "trainer", "logger", "callbacks", "paths", "experiment"} <= groups
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    """A saved 4-layer random teacher: what student configs find in ``teacher_checkpoint``."""
+    folder = tmp_path_factory.mktemp("teacher") / "model"
+    model, tokenizer = load_classifier(
+        "bundled:minilm-l6", ["negative", "neutral", "positive"], random_init=True,
+        config_overrides={"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2,
+                          "intermediate_size": 64})
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def is_hub_id(source: str) -> bool:
+    """A hub id resolves to itself; loading it is the real code path but needs network."""
+    return resolve_source(source) == source
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONF_DIR)))
-def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_tokenizer):
-    cfg = compose_config(overrides_for(path), tmp_path)
+def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_tokenizer,
+                                          tiny_teacher_dir):
+    cfg = compose_config([*overrides_for(path), f"teacher_checkpoint={tiny_teacher_dir}"],
+                         tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert "experiment" not in OmegaConf.to_container(cfg)  # kept out of the defaults list
 
@@ -44,12 +65,22 @@ def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_token
     parameter = torch.nn.Parameter(torch.zeros(2))
     optimizer = instantiate(cfg.teacher.optimizer)([parameter])
     instantiate(cfg.teacher.scheduler)(optimizer, 100).step()
-    source = cfg.teacher.model.source
-    if resolve_source(source) == source:  # a hub id: the real code path, network needed
-        assert "/" in source
-    else:
+    if not is_hub_id(cfg.teacher.model.source):
         model, tokenizer = instantiate(cfg.teacher.model)
         assert model.config.id2label == dict(enumerate(cfg.data.labels))
+
+    for stage in ("stage1", "stage2"):
+        instantiate(cfg.distill[stage].scheduler)(instantiate(cfg.distill[stage].optimizer)(
+            [parameter]), 10)
+    if "source" in cfg.student.model and is_hub_id(cfg.student.model.source):
+        student = None
+    else:
+        student, _ = instantiate(cfg.student.model)
+        assert student.config.num_labels == 3
+    teacher, _ = load_classifier(str(tiny_teacher_dir), list(cfg.data.labels))
+    if student is not None and student.config.num_hidden_layers <= 4:
+        loss = build_loss(cfg, student, teacher)
+        assert isinstance(loss, torch.nn.Module)
 
     trainer = build_trainer(cfg)
     assert trainer.max_epochs >= 1

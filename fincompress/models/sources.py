@@ -55,6 +55,8 @@ def default_cache_dir() -> Path:
 
 def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     """Turn a model name into something ``from_pretrained`` accepts: a local folder or a hub id."""
+    if not source or not isinstance(source, str):
+        raise ValueError(f"a model source must be a non-empty string, got {source!r}")
     if source.startswith("bundled:"):
         name = source.removeprefix("bundled:")
         if name in BUNDLED_FOLDERS:

@@ -15,7 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fincompress.metrics import save_confusion_matrix
+from fincompress.metrics import save_confusion_matrices
 from fincompress.runs import best_score, build_trainer, config_hash, save_model_folder
 from fincompress.module import ClassifierModule
 
@@ -59,10 +59,9 @@ def train_teacher(cfg: DictConfig) -> dict:
         "wall_time_s": round(time.perf_counter() - started, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     })
-    save_confusion_matrix(
-        results["confusion_matrix"], labels, output_dir / "confusion_matrix.png",
-        f"teacher {cfg.teacher.model.source}: test macro-F1 {results['metrics']['test/f1_macro']:.3f}",
-    )
+    title = f"teacher {cfg.teacher.model.source}: macro-F1 {results['metrics']['test/f1_macro']:.3f}"
+    save_confusion_matrices({title: results["confusion_matrix"]}, labels,
+                            output_dir / "confusion_matrix.png")
     print(format_report(info, output_dir))
     return info
 
