@@ -83,7 +83,7 @@ def markdown(rows: list[dict]) -> str:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.0f}" if value >= 10 else f"{value:.4f}"
+        return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
     return str(value)
 
 
