@@ -119,8 +119,8 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
                           Path(cfg.paths.output_root) / "stages" / "pseudo_labels", labels,
                           cfg.distill.pseudo_label.batch_size, cfg.news.max_length)
 
-    key = config_hash(cfg.student, cfg.method, cfg.distill.pseudo_label, cfg.distill.stage1, pseudo.folder.name,
-                      _split_settings(cfg), cfg.seed,
+    key = config_hash(cfg.student, cfg.method, cfg.distill.pseudo_label, cfg.distill.stage1,
+                      pseudo.folder.name, _split_settings(cfg), cfg.seed,
                       {k: v for k, v in cfg.trainer.items() if k != "default_root_dir"})
     folder = Path(cfg.paths.output_root) / "stages" / "stage1" / key
     if (folder / "model" / "checkpoint_info.json").is_file():

@@ -186,10 +186,11 @@ class PhraseBankDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         split_dir: str | None = None,
         max_per_split: int | None = None,
-        labels: list[str] = list(LABELS),
+        labels: list[str] | None = None,
     ):
         super().__init__()
-        if list(labels) != list(LABELS):
+        labels = list(LABELS) if labels is None else list(labels)
+        if labels != list(LABELS):
             raise ValueError(f"PhraseBank labels are {list(LABELS)}, config says {list(labels)}")
         self.source = source
         self.agreement = agreement
@@ -203,7 +204,7 @@ class PhraseBankDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.split_dir = split_dir
         self.max_per_split = max_per_split
-        self.labels = list(labels)
+        self.labels = labels
         self.splits = None
         self.datasets: dict[str, TokenizedDataset] = {}
         self.info: dict = {}

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.metrics import save_confusion_matrices
-from fincompress.runs import best_score, build_trainer, config_hash, save_model_folder
 from fincompress.module import ClassifierModule
+from fincompress.runs import best_score, build_trainer, config_hash, save_model_folder
 
 log = logging.getLogger(__name__)
 
