@@ -117,7 +117,8 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
     print(news.corpus.summary())
     pseudo = pseudo_label(teacher_dir, news.corpus,
                           Path(cfg.paths.output_root) / "stages" / "pseudo_labels", labels,
-                          cfg.distill.pseudo_label.batch_size, cfg.news.max_length)
+                          cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
+                          input_ids=news.dataset.input_ids)
 
     key = config_hash(cfg.student, cfg.method, cfg.distill.pseudo_label, cfg.distill.stage1,
                       pseudo.folder.name, _split_settings(cfg), cfg.seed,

@@ -55,8 +55,12 @@ def teacher_fingerprint(teacher_dir: str | Path) -> str:
 
 
 def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | Path,
-                 labels: list[str], batch_size: int = 128, max_length: int = 128) -> PseudoLabels:
-    """Label ``corpus`` with the teacher, or load the cached labels for this teacher + corpus."""
+                 labels: list[str], batch_size: int = 128, max_length: int = 128,
+                 input_ids: list[list[int]] | None = None) -> PseudoLabels:
+    """Label ``corpus`` with the teacher, or load the cached labels for this teacher + corpus.
+
+    ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand.
+    """
     key = hashlib.sha256(
         f"{teacher_fingerprint(teacher_dir)}\n{corpus.fingerprint}\n{max_length}".encode()
     ).hexdigest()[:16]
@@ -67,7 +71,8 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
 
     model, tokenizer = load_classifier(str(teacher_dir), labels)
     logits, cls = predict(model, tokenizer, corpus.sentences, batch_size, max_length,
-                          cls_states=True, description="pseudo-labelling news")
+                          cls_states=True, description="pseudo-labelling news",
+                          input_ids=input_ids)
     staging = folder.with_name(f".{key}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -1,0 +1,33 @@
+"""The study script on tiny models: one table row per model and the confusion-matrix figure."""
+
+import csv
+import json
+import subprocess
+import sys
+
+from .conftest import DATA_DIR, ROOT, TINY
+
+
+def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
+    command = [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "fresh,pkd",
+               "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
+               "student.model.num_layers=2", f"paths.data_dir={DATA_DIR}"]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    study = tmp_path / "study" / "tiny"
+    with open(study / "study.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["model"].split()[0] for row in rows] == ["teacher", "fresh", "pkd"]
+    assert all(0 <= float(row["f1_macro"]) <= 1 for row in rows)
+    assert json.loads((study / "study.json").read_text())["runs"]["pkd"]["method"] == "pkd"
+    assert (study / "study.md").read_text().count("\n") == 5
+    assert (study / "confusion_matrices.png").stat().st_size > 5000
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 2
+
+
+def test_study_rejects_unknown_methods(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/study.py", "--name", "x", "--methods",
+                             "kd_t4", "--output-root", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "unknown methods ['kd_t4']" in result.stderr
