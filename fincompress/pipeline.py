@@ -144,26 +144,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
             teacher.set_attn_implementation("eager")
             student.set_attn_implementation("eager")
 
-    keep = torch.ones(len(pseudo.sentences), dtype=torch.bool)
-    if cfg.distill.pseudo_label.confidence_threshold is not None:
-        keep = pseudo.confidence >= cfg.distill.pseudo_label.confidence_threshold
-    index = keep.nonzero().squeeze(1)
-    if len(index) == 0:
-        raise ValueError(f"no pseudo-label has confidence >= {cfg.distill.pseudo_label.confidence_threshold}")
-    input_ids = tokenize_cached(pseudo.sentences, tokenizer, cfg.news.max_length,
-                                cfg.news.cache_dir)
-    extras = {"teacher_logits": pseudo.logits[index]}
-    if loss.teacher_cls_layers:
-        extras["teacher_cls"] = pseudo.cls[index][:, loss.teacher_cls_layers]
-    dataset = TokenizedDataset([input_ids[i] for i in index], pseudo.hard_labels[index].tolist(),
-                               extras)
-    train_loader = DataLoader(
-        dataset,
-        batch_sampler=LengthGroupedBatchSampler(dataset.lengths, cfg.news.batch_size, True,
-                                                cfg.seed),
-        collate_fn=pad_collate(tokenizer.pad_token_id),
-        num_workers=cfg.news.num_workers,
-    )
+    train_loader, news_sentences = news_loader(cfg, pseudo, loss, tokenizer)
     phrasebank = instantiate(stage.data, tokenizer=tokenizer)
     phrasebank.setup()
     module = ClassifierModule(student, labels, instantiate(cfg.distill.stage1.optimizer),
@@ -179,13 +160,38 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
         "student": cfg.student.name,
         "teacher": str(teacher_dir),
         "pseudo_labels": str(pseudo.folder),
-        "news_sentences": len(index),
+        "news_sentences": news_sentences,
         "best_val_f1_macro": best_score(trainer),
         "split_hash": phrasebank.info["split_hash"],
         "config": OmegaConf.to_container(cfg, resolve=True),
     })
     staging.rename(folder)
     return folder
+
+
+def news_loader(cfg: DictConfig, pseudo, loss, tokenizer) -> tuple[DataLoader, int]:
+    """Batches of pseudo-labelled news in the student's tokens, carrying the teacher's logits
+    (and the [CLS] states of the layers the loss matches); optionally confident labels only."""
+    keep = torch.ones(len(pseudo.sentences), dtype=torch.bool)
+    threshold = cfg.distill.pseudo_label.confidence_threshold
+    if threshold is not None:
+        keep = pseudo.confidence >= threshold
+    index = keep.nonzero().squeeze(1)
+    if len(index) == 0:
+        raise ValueError(f"no pseudo-label has confidence >= {threshold} (pseudo_label.confidence_threshold)")
+    input_ids = tokenize_cached(pseudo.sentences, tokenizer, cfg.news.max_length, cfg.news.cache_dir)
+    extras = {"teacher_logits": pseudo.logits[index]}
+    if loss.teacher_cls_layers:
+        extras["teacher_cls"] = pseudo.cls[index][:, loss.teacher_cls_layers]
+    dataset = TokenizedDataset([input_ids[i] for i in index], pseudo.hard_labels[index].tolist(),
+                               extras)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=LengthGroupedBatchSampler(dataset.lengths, cfg.news.batch_size, True, cfg.seed),
+        collate_fn=pad_collate(tokenizer.pad_token_id),
+        num_workers=cfg.news.num_workers,
+    )
+    return loader, len(index)
 
 
 def build_loss(cfg: DictConfig, student, teacher) -> torch.nn.Module:
