@@ -189,3 +189,26 @@ def test_sweep_runs_three_jobs_with_separate_folders_and_wandb_runs(tmp_path, da
     wandb_runs = sorted(tmp_path.glob("multirun/*/*/wandb/offline-run-*"))
     assert len(wandb_runs) == 3  # one W&B run per job
     assert len(list((tmp_path / "stages" / "teacher").iterdir())) == 1  # trained once, reused
+
+
+def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minilm_tokenizer):
+    from types import SimpleNamespace
+
+    from fincompress.pipeline import news_loader
+    from fincompress.pseudo_label.label import PseudoLabels
+
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 4.0]])
+    cls = torch.arange(3 * 5 * 8, dtype=torch.float16).reshape(3, 5, 8)
+    pseudo = PseudoLabels(["Profit rose .", "Maybe .", "Sales fell ."], logits, cls, LABELS,
+                          tmp_path)
+    loss = SimpleNamespace(teacher_cls_layers=[2, 4])
+    cfg = compose_config(["distill.pseudo_label.confidence_threshold=0.6"], tmp_path)
+    loader, kept = news_loader(cfg, pseudo, loss, minilm_tokenizer)
+    batches = list(loader)
+    assert kept == 2 and sorted(torch.cat([b["labels"] for b in batches]).tolist()) == [0, 2]
+    batch = batches[0]
+    source = batch["teacher_logits"].argmax(-1)  # rows stay aligned with their own sentence
+    torch.testing.assert_close(batch["teacher_cls"][:, 0], cls[[0 if s == 0 else 2 for s in source]][:, 2])
+    cfg = compose_config(["distill.pseudo_label.confidence_threshold=0.999"], tmp_path)
+    with pytest.raises(ValueError, match="confidence >= 0.999"):
+        news_loader(cfg, pseudo, loss, minilm_tokenizer)
