@@ -147,8 +147,7 @@ def test_tinybert_refuses_a_student_with_another_tokenizer(shared_root, data_dir
     teacher_dir = next((shared_root / "stages" / "teacher").glob("*/model"))
     cfg = compose_config(["+experiment=tinybert", *TINY, "news.max_sentences=120", "student=tiny",
                           f"teacher_checkpoint={teacher_dir}",
-                          "student.model.tokenizer_source=bundled:mpnet-base",
-                          f"paths.model_cache_dir={tmp_path}"], shared_root)
+                          "student.model.tokenizer_source=bundled:mpnet-base"], shared_root)
     with open_dict(cfg):
         cfg.paths.run_dir = str(tmp_path / "run")
     with pytest.raises(ValueError, match="tokenize differently"):
