@@ -106,6 +106,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     staging = _staging(folder)
     train_teacher(stage_config(cfg, staging, max_epochs=cfg.teacher.max_epochs))
     staging.rename(folder)
+    print(f"teacher stored: {folder / 'model'}")
     return folder / "model"
 
 
@@ -166,6 +167,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
         "config": OmegaConf.to_container(cfg, resolve=True),
     })
     staging.rename(folder)
+    print(f"stage-1 student stored: {folder / 'model'}")
     return folder
 
 
