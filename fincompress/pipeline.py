@@ -78,7 +78,7 @@ def run_distill(cfg: DictConfig) -> dict:
 
     clock = time.perf_counter()
     result = finetune_and_score(cfg, model, tokenizer, teacher_dir, labels, output_dir,
-                                stage1_dir)
+                                stage1_dir, started)
     timings["stage2_s"] = round(time.perf_counter() - clock, 1)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     result["timings"] = timings
@@ -210,7 +210,7 @@ def build_loss(cfg: DictConfig, student, teacher) -> torch.nn.Module:
 
 
 def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, labels: list[str],
-                       output_dir: Path, stage1_dir: Path | None) -> dict:
+                       output_dir: Path, stage1_dir: Path | None, started: float) -> dict:
     """Stage 2: fine-tune on PhraseBank gold labels (same settings for every student), then
     score student and teacher on the test split."""
     stage_dir = output_dir / "stage2"
@@ -248,6 +248,7 @@ def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, lab
         "confusion_matrix": student_scores["confusion_matrix"],
         "data": phrasebank.info,
         "split_hash": phrasebank.info["split_hash"],
+        "wall_time_s": round(time.perf_counter() - started, 1),  # this run, reused stages excluded
         "config": OmegaConf.to_container(cfg, resolve=True),
     }, extra_files={"test_split.csv": stage_dir / "split" / "test.csv"})
     title = f"{cfg.method.name} {cfg.student.name}: macro-F1 {student_scores['f1_macro']:.3f}"

@@ -31,15 +31,17 @@ def collect(root: Path) -> list[dict]:
     rows = []
     for path in sorted(root.rglob("checkpoint_info.json")):
         info = json.loads(path.read_text())
-        metrics = info.get("metrics", {})
+        metrics = info.get("metrics")
+        if not metrics:  # a stage-1 student: scored only after stage 2
+            continue
         rows.append({
             "run": str(path.parent.parent.relative_to(root)),
-            "stage": info.get("stage"),
+            "stage": info.get("method") or info.get("stage"),
             "source": info.get("source"),
             "agreement": info.get("data", {}).get("agreement"),
             "test_size": info.get("data", {}).get("test_size"),
-            "acc": metrics.get("test/acc"),
-            "f1_macro": metrics.get("test/f1_macro"),
+            "acc": metrics["test/acc"],
+            "f1_macro": metrics["test/f1_macro"],
             "parameters_m": round(info.get("parameters", 0) / 1e6, 1),
             "size_mib": round(info.get("size_on_disk_bytes", 0) / 2**20),
             "epochs": info.get("epochs_run"),
@@ -55,7 +57,7 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         f"| {r['run']} | {r['stage']} | {r['source']} | {r['agreement']} ({r['test_size']}) "
         f"| {r['acc']:.4f} | {r['f1_macro']:.4f} | {r['parameters_m']} | {r['size_mib']} "
-        f"| {r['wall_time_s']:.0f} |"
+        f"| {'-' if r['wall_time_s'] is None else round(r['wall_time_s'])} |"
         for r in rows
     ]
     return "\n".join([header, *lines])

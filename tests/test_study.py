@@ -25,6 +25,13 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("done earlier") == 2
 
+    table = subprocess.run([sys.executable, "scripts/collect_results.py", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = [line for line in table.stdout.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 3  # header, the stored teacher, fresh and pkd students
+    assert "machine:" in table.stdout
+
 
 def test_study_rejects_unknown_methods(tmp_path):
     result = subprocess.run([sys.executable, "scripts/study.py", "--name", "x", "--methods",
