@@ -195,7 +195,7 @@ def load_classifier(
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **extra)
         reorder_label_head(model, [source_labels.index(label) for label in labels])
         _set_labels(model.config, labels)
-    elif source_labels and _has_trained_head(path):
+    elif source_labels and _has_trained_head(config):
         raise ValueError(
             f"{source} classifies {source_labels}, which are not the data's labels {labels}"
         )
@@ -213,11 +213,8 @@ def _head_labels(config) -> list[str] | None:
     return names
 
 
-def _has_trained_head(path: str) -> bool:
-    from transformers import AutoConfig
-
-    architectures = AutoConfig.from_pretrained(path).architectures or []
-    return any("SequenceClassification" in name for name in architectures)
+def _has_trained_head(config) -> bool:
+    return any("SequenceClassification" in name for name in config.architectures or [])
 
 
 def _set_labels(config, labels: list[str]) -> None:
