@@ -96,8 +96,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
             raise FileNotFoundError(f"teacher_checkpoint {folder} is not a saved model folder "
                                     "(no config.json)")
         return folder
-    key = config_hash(cfg.teacher, _split_settings(cfg), cfg.seed,
-                      {k: v for k, v in cfg.trainer.items() if k != "default_root_dir"})
+    key = config_hash(cfg.teacher, _split_settings(cfg), cfg.seed, _trainer_settings(cfg))
     folder = Path(cfg.paths.output_root) / "stages" / "teacher" / key
     if (folder / "model" / "checkpoint_info.json").is_file():
         log.info("reusing teacher %s", folder)
@@ -119,11 +118,11 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
     pseudo = pseudo_label(teacher_dir, news.corpus,
                           Path(cfg.paths.output_root) / "stages" / "pseudo_labels", labels,
                           cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
-                          input_ids=news.dataset.input_ids)
+                          input_ids=news.dataset.input_ids,
+                          teacher=(teacher_model, teacher_tokenizer))
 
     key = config_hash(cfg.student, cfg.method, cfg.distill.pseudo_label, cfg.distill.stage1,
-                      pseudo.folder.name, _split_settings(cfg), cfg.seed,
-                      {k: v for k, v in cfg.trainer.items() if k != "default_root_dir"})
+                      pseudo.folder.name, _split_settings(cfg), cfg.seed, _trainer_settings(cfg))
     folder = Path(cfg.paths.output_root) / "stages" / "stage1" / key
     if (folder / "model" / "checkpoint_info.json").is_file():
         print(f"reusing stage-1 student {folder / 'model'}")
@@ -291,7 +290,13 @@ def side_by_side(result: dict) -> str:
 
 
 def _split_settings(cfg: DictConfig) -> dict:
-    return {key: OmegaConf.to_container(cfg.data, resolve=True)[key] for key in SPLIT_KEYS}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {key: data[key] for key in SPLIT_KEYS}
+
+
+def _trainer_settings(cfg: DictConfig) -> dict:
+    """Trainer fields that decide a stage's result (not where it writes)."""
+    return {key: value for key, value in cfg.trainer.items() if key != "default_root_dir"}
 
 
 def _recorded_source(model_dir: Path) -> str:

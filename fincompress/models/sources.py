@@ -177,8 +177,10 @@ def load_classifier(
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     labels = [str(label) for label in labels]
+    from transformers import AutoTokenizer
+
     path = resolve_source(source, cache_dir)
-    tokenizer = load_tokenizer(source, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     config = AutoConfig.from_pretrained(path)
     source_labels = _head_labels(config)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}

@@ -56,10 +56,12 @@ def teacher_fingerprint(teacher_dir: str | Path) -> str:
 
 def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | Path,
                  labels: list[str], batch_size: int = 128, max_length: int = 128,
-                 input_ids: list[list[int]] | None = None) -> PseudoLabels:
+                 input_ids: list[list[int]] | None = None,
+                 teacher: tuple | None = None) -> PseudoLabels:
     """Label ``corpus`` with the teacher, or load the cached labels for this teacher + corpus.
 
-    ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand.
+    ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand;
+    ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand.
     """
     key = hashlib.sha256(
         f"{teacher_fingerprint(teacher_dir)}\n{corpus.fingerprint}\n{max_length}".encode()
@@ -69,7 +71,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
         log.info("reusing pseudo-labels %s", folder)
         return _load(folder, reused=True)
 
-    model, tokenizer = load_classifier(str(teacher_dir), labels)
+    model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
     logits, cls = predict(model, tokenizer, corpus.sentences, batch_size, max_length,
                           cls_states=True, description="pseudo-labelling news",
                           input_ids=input_ids)
