@@ -31,7 +31,7 @@ from fincompress.data.datamodule import (
     tokenize_cached,
     tokenizer_fingerprint,
 )
-from fincompress.data.phrasebank import read_split_file
+from fincompress.data.phrasebank import read_split_file, unlabelled_sentences
 from fincompress.evaluate import diagnostics, predict
 from fincompress.metrics import save_confusion_matrices
 from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
@@ -112,7 +112,8 @@ def ensure_teacher(cfg: DictConfig) -> Path:
 def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path:
     """Pseudo-label the news (cached), then train the student on it (stored by config)."""
     teacher_model, teacher_tokenizer = load_classifier(str(teacher_dir), labels)
-    news = instantiate(cfg.news, tokenizer=teacher_tokenizer)
+    news = instantiate(cfg.news, tokenizer=teacher_tokenizer,
+                       extra_sentences=phrasebank_transfer(cfg))
     news.setup()
     print(news.corpus.summary())
     pseudo = pseudo_label(teacher_dir, news.corpus,
@@ -168,6 +169,18 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
     staging.rename(folder)
     print(f"stage-1 student stored: {folder / 'model'}")
     return folder
+
+
+def phrasebank_transfer(cfg: DictConfig) -> list[str] | None:
+    """PhraseBank sentences the teacher labels along with the news
+    (``distill.pseudo_label.add_phrasebank``: an agreement level, or null for none); the
+    evaluation split's val and test sentences are never among them."""
+    level = cfg.distill.pseudo_label.get("add_phrasebank")
+    if level is None:
+        return None
+    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
+    split.prepare_splits()
+    return unlabelled_sentences(cfg.data.source, level, split.splits["val"] + split.splits["test"])
 
 
 def news_loader(cfg: DictConfig, pseudo, loss, tokenizer) -> tuple[DataLoader, int]:

@@ -211,3 +211,24 @@ def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minil
     cfg = compose_config(["distill.pseudo_label.confidence_threshold=0.999"], tmp_path)
     with pytest.raises(ValueError, match="confidence >= 0.999"):
         news_loader(cfg, pseudo, loss, minilm_tokenizer)
+
+
+def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_dir, minilm_tokenizer):
+    from fincompress.data.datamodule import NewsDataModule
+    from fincompress.pipeline import phrasebank_transfer
+
+    assert phrasebank_transfer(compose_config([], tmp_path)) is None  # off by default
+    cfg = compose_config(["distill.pseudo_label.add_phrasebank=50"], tmp_path)
+    added = phrasebank_transfer(cfg)
+    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
+    split.prepare_splits()
+    held_out = {r.text for r in split.splits["val"] + split.splits["test"]}
+    assert len(held_out) == 678 and not held_out & set(added)
+    assert {r.text for r in split.splits["train"]} <= set(added)
+    assert len(added) == 4838 - 678  # 50Agree's distinct sentences less val and test
+
+    news = NewsDataModule([str(data_dir / "news")], max_sentences=50, tokenizer=minilm_tokenizer,
+                          exclude_phrasebank=cfg.data.source, extra_sentences=added[:30])
+    news.setup()
+    assert news.corpus.counts["phrasebank_added"] == 30 and len(news.dataset) == 80
+    assert news.corpus.sentences[50:] == added[:30]

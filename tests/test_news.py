@@ -3,7 +3,9 @@ import json
 import pytest
 
 from fincompress.data.news import (
+    NewsCorpus,
     NewsFormatError,
+    add_sentences,
     build_news_corpus,
     clean_text,
     read_news_file,
@@ -95,3 +97,11 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
         build_news_corpus([tmp_path / "posts.txt"][:0])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_news_corpus([tmp_path / "missing"])
+
+
+def test_added_sentences_skip_ones_already_present():
+    corpus = NewsCorpus(["Shares rose .", "Sales fell ."], {"kept": 2})
+    grown = add_sentences(corpus, ["sales  FELL .", "Profit doubled .", "Profit doubled ."], "phrasebank")
+    assert grown.sentences == ["Shares rose .", "Sales fell .", "Profit doubled ."]
+    assert grown.counts["phrasebank_added"] == 1 and grown.counts["total"] == 3
+    assert corpus.sentences == ["Shares rose .", "Sales fell ."]  # the original is untouched

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fincompress.data.news import build_news_corpus
+from fincompress.data.news import add_sentences, build_news_corpus
 from fincompress.data.phrasebank import (
     LABELS,
     SPLITS,
@@ -269,6 +269,8 @@ class NewsDataModule(L.LightningDataModule):
         exclude_phrasebank: a PhraseBank source whose sentences (50Agree, the largest level)
             are removed from the corpus; None to keep everything.
         max_sentences: seeded subsample size.
+        extra_sentences: in-domain sentences added after subsampling (see
+            ``distill.pseudo_label.add_phrasebank``), counted as ``phrasebank_added``.
     """
 
     def __init__(
@@ -286,9 +288,11 @@ class NewsDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        extra_sentences: list[str] | None = None,
     ):
         super().__init__()
         self.sources = list(sources)
+        self.extra_sentences = extra_sentences
         self.text_column = text_column
         self.min_words = min_words
         self.max_words = max_words
@@ -315,6 +319,8 @@ class NewsDataModule(L.LightningDataModule):
                 self.sources, self.text_column, self.min_words, self.max_words, exclude,
                 self.max_sentences, self.seed,
             )
+            if self.extra_sentences:
+                self.corpus = add_sentences(self.corpus, self.extra_sentences, "phrasebank")
         if self.dataset is None:
             input_ids = tokenize_cached(self.corpus.sentences, self.tokenizer, self.max_length,
                                         self.cache_dir)

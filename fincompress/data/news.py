@@ -214,5 +214,17 @@ def build_news_corpus(
     return NewsCorpus(unique, dict(counts), per_file)
 
 
+def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCorpus:
+    """The corpus plus those of ``sentences`` it lacks, counted as ``<name>_added``."""
+    present = {_normalise(text) for text in corpus.sentences}
+    new = []
+    for text in sentences:
+        if _normalise(text) not in present:
+            present.add(_normalise(text))
+            new.append(text)
+    counts = {**corpus.counts, f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)}
+    return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)})
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()

@@ -110,6 +110,15 @@ def read_phrasebank(source: str | Path, agreement: str | int = "all") -> list[Se
     )
 
 
+def unlabelled_sentences(source: str | Path, agreement: str | int,
+                         held_out: list[Sentence]) -> list[str]:
+    """The texts of one agreement level except ``held_out`` (the evaluation split's val and
+    test sentences): in-domain text for the teacher to label, its gold labels unused."""
+    excluded = {" ".join(row.text.split()).lower() for row in held_out}
+    texts = dict.fromkeys(row.text for row in read_phrasebank(source, agreement))
+    return [text for text in texts if " ".join(text.split()).lower() not in excluded]
+
+
 def deduplicate(rows: list[Sentence]) -> tuple[list[Sentence], dict[str, int]]:
     """Keep the first copy of each sentence; drop sentences whose copies disagree on the label.
 
