@@ -32,6 +32,14 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.test_results: dict = {}
 
+    def train(self, mode: bool = True):
+        """Lightning switches the whole module to training mode each epoch; the frozen teacher
+        must stay in eval mode (no dropout in the targets it gives)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits, shape (batch, num_labels), in float32."""
         output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

@@ -232,3 +232,14 @@ def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_
     news.setup()
     assert news.corpus.counts["phrasebank_added"] == 30 and len(news.dataset) == 80
     assert news.corpus.sentences[50:] == added[:30]
+
+
+def test_frozen_teacher_stays_in_eval_mode_when_lightning_switches_to_training(tiny_pair):
+    teacher, _ = tiny_pair
+    student, _ = encoder_from_config("bundled:minilm-l6", LABELS, num_hidden_layers=1,
+                                     hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    module = ClassifierModule(student, LABELS, torch.optim.AdamW, teacher=teacher)
+    module.eval()
+    module.train()  # what Lightning's fit loop does at the start of training
+    assert module.model.training and not module.teacher.training
+    assert not any(m.training for m in module.teacher.modules())
