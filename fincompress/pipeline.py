@@ -122,8 +122,9 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
                           input_ids=news.dataset.input_ids,
                           teacher=(teacher_model, teacher_tokenizer))
 
-    key = config_hash(cfg.student, cfg.method, cfg.distill.pseudo_label, cfg.distill.stage1,
-                      pseudo.folder.name, _split_settings(cfg), cfg.seed, _trainer_settings(cfg))
+    key = config_hash(_stage1_student(cfg), cfg.method, cfg.distill.pseudo_label,
+                      cfg.distill.stage1, pseudo.folder.name, _split_settings(cfg), cfg.seed,
+                      _trainer_settings(cfg))
     folder = Path(cfg.paths.output_root) / "stages" / "stage1" / key
     if (folder / "model" / "checkpoint_info.json").is_file():
         print(f"reusing stage-1 student {folder / 'model'}")
@@ -305,6 +306,13 @@ def side_by_side(result: dict) -> str:
 def _split_settings(cfg: DictConfig) -> dict:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     return {key: data[key] for key in SPLIT_KEYS}
+
+
+def _stage1_student(cfg: DictConfig) -> dict:
+    """Student fields that decide stage 1 (not the stage-2 rate and epochs, so that stage 2
+    can be changed without training stage 1 again)."""
+    student = OmegaConf.to_container(cfg.student, resolve=True)
+    return {key: value for key, value in student.items() if not key.startswith("stage2_")}
 
 
 def _trainer_settings(cfg: DictConfig) -> dict:

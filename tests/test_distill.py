@@ -99,12 +99,14 @@ def test_distill_experiment_end_to_end(experiment, shared_root, data_dir, capsys
 
 
 def test_stages_are_reused_on_a_second_run(shared_root, data_dir, capsys, monkeypatch):
-    """Run after the end-to-end tests: teacher, pseudo-labels and stage 1 all come from the store."""
+    """Run after the end-to-end tests: teacher, pseudo-labels and stage 1 all come from the store,
+    even with other stage-2 settings."""
     def no_labelling(*args, **kwargs):
         raise AssertionError("pseudo-labels were recomputed")
 
     monkeypatch.setattr(pseudo_label_module, "predict", no_labelling)
-    cfg = compose_config(["+experiment=pkd", *DISTILL_TINY], shared_root)
+    # a different stage 2 does not invalidate stage 1
+    cfg = compose_config(["+experiment=pkd", *DISTILL_TINY, "student.stage2_lr=7e-5"], shared_root)
     with open_dict(cfg):
         cfg.paths.run_dir = str(shared_root / "pkd_again")
     run_distill(cfg)
