@@ -258,6 +258,7 @@ def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, lab
         "stage1": str(stage1_dir) if stage1_dir else None,
         "labels": labels,
         "metrics": {f"test/{k}": v for k, v in student_scores.items() if isinstance(v, float)},
+        "best_val_f1_macro": best_score(trainer),
         "confusion_matrix": student_scores["confusion_matrix"],
         "data": phrasebank.info,
         "split_hash": phrasebank.info["split_hash"],

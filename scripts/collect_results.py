@@ -40,6 +40,8 @@ def collect(root: Path) -> list[dict]:
             "source": info.get("source"),
             "agreement": info.get("data", {}).get("agreement"),
             "test_size": info.get("data", {}).get("test_size"),
+            "stage1_val_f1_macro": _stage1_val_score(info),
+            "val_f1_macro": info.get("best_val_f1_macro"),
             "acc": metrics["test/acc"],
             "f1_macro": metrics["test/f1_macro"],
             "parameters_m": round(info.get("parameters", 0) / 1e6, 1),
@@ -51,16 +53,31 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
+def _stage1_val_score(info: dict) -> float | None:
+    """A distilled student's stage-1 validation macro-F1, from its stored stage-1 model."""
+    stage1 = info.get("stage1")
+    path = Path(stage1) / "model" / "checkpoint_info.json" if stage1 else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("best_val_f1_macro")
+
+
 def markdown(rows: list[dict]) -> str:
-    header = ("| run | stage | model | test set | accuracy | macro-F1 | params (M) | size (MiB) "
-              "| wall time (s) |\n|---|---|---|---|---|---|---|---|---|")
+    header = ("| run | stage | model | test set | val macro-F1 (stage 1 / final) | accuracy "
+              "| macro-F1 | params (M) | size (MiB) | wall time (s) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
     lines = [
         f"| {r['run']} | {r['stage']} | {r['source']} | {r['agreement']} ({r['test_size']}) "
+        f"| {_score(r['stage1_val_f1_macro'])} / {_score(r['val_f1_macro'])} "
         f"| {r['acc']:.4f} | {r['f1_macro']:.4f} | {r['parameters_m']} | {r['size_mib']} "
         f"| {'-' if r['wall_time_s'] is None else round(r['wall_time_s'])} |"
         for r in rows
     ]
     return "\n".join([header, *lines])
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

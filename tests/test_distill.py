@@ -94,6 +94,7 @@ def test_distill_experiment_end_to_end(experiment, shared_root, data_dir, capsys
     reloaded, _ = load_classifier(str(student), LABELS)
     assert reloaded.config.num_hidden_layers == 2
     assert (experiment == "fresh") == (info["stage1"] is None)
+    assert 0 <= info["best_val_f1_macro"] <= 1
     out = capsys.readouterr().out
     assert "teacher" in out and "kl_teacher_student" in out and result["metrics"]["test/f1_macro"] >= 0
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,8 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     assert table.returncode == 0, table.stderr[-2000:]
     lines = [line for line in table.stdout.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 3  # header, the stored teacher, fresh and pkd students
+    val = {line.split(" | ")[1]: line.split(" | ")[4] for line in lines[1:]}
+    assert val["fresh"].startswith("- / 0.") and re.fullmatch(r"0\.\d{3} / 0\.\d{3}", val["pkd"])
     assert "machine:" in table.stdout
 
 
