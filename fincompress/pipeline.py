@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from fincompress.data.augment import WordNeighbourAugmenter
 from fincompress.data.datamodule import (
     LengthGroupedBatchSampler,
     TokenizedDataset,
@@ -113,7 +114,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
     """Pseudo-label the news (cached), then train the student on it (stored by config)."""
     teacher_model, teacher_tokenizer = load_classifier(str(teacher_dir), labels)
     news = instantiate(cfg.news, tokenizer=teacher_tokenizer,
-                       extra_sentences=phrasebank_transfer(cfg))
+                       extra_sentences=transfer_sentences(cfg, teacher_model, teacher_tokenizer))
     news.setup()
     print(news.corpus.summary())
     pseudo = pseudo_label(teacher_dir, news.corpus,
@@ -122,7 +123,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path
                           input_ids=news.dataset.input_ids,
                           teacher=(teacher_model, teacher_tokenizer))
 
-    key = config_hash(_stage1_student(cfg), cfg.method, cfg.distill.pseudo_label,
+    key = config_hash(_stage1_student(cfg), cfg.method, _pseudo_label_settings(cfg),
                       cfg.distill.stage1, pseudo.folder.name, _split_settings(cfg), cfg.seed,
                       _trainer_settings(cfg))
     folder = Path(cfg.paths.output_root) / "stages" / "stage1" / key
@@ -179,9 +180,36 @@ def phrasebank_transfer(cfg: DictConfig) -> list[str] | None:
     level = cfg.distill.pseudo_label.get("add_phrasebank")
     if level is None:
         return None
+    return unlabelled_sentences(cfg.data.source, level, _held_out(cfg))
+
+
+def transfer_sentences(cfg: DictConfig, teacher_model, teacher_tokenizer) -> dict[str, list[str]]:
+    """The in-domain sentences that join the news, by name: ``phrasebank`` (see
+    ``phrasebank_transfer``) and ``augmented``, their variants made with the teacher's word
+    embeddings (``distill.pseudo_label.augment``); no variant equals a val or test sentence."""
+    augment = cfg.distill.pseudo_label.augment
+    phrasebank = phrasebank_transfer(cfg)
+    if phrasebank is None:
+        if augment.variants_per_sentence:
+            raise ValueError("distill.pseudo_label.augment.variants_per_sentence="
+                             f"{augment.variants_per_sentence} augments the added PhraseBank "
+                             "sentences, but distill.pseudo_label.add_phrasebank is null")
+        return {}
+    if not augment.variants_per_sentence:
+        return {"phrasebank": phrasebank}
+    augmenter = WordNeighbourAugmenter(teacher_tokenizer,
+                                       teacher_model.get_input_embeddings().weight,
+                                       augment.neighbours, augment.replace_prob)
+    held_out = [row.text for row in _held_out(cfg)]
+    variants = augmenter.augment(phrasebank, augment.variants_per_sentence, augment.seed,
+                                 exclude=held_out)
+    return {"phrasebank": phrasebank, "augmented": variants}
+
+
+def _held_out(cfg: DictConfig) -> list:
     split = instantiate(cfg.data, tokenizer=None, split_dir=None)
     split.prepare_splits()
-    return unlabelled_sentences(cfg.data.source, level, split.splits["val"] + split.splits["test"])
+    return split.splits["val"] + split.splits["test"]
 
 
 def news_loader(cfg: DictConfig, pseudo, loss, tokenizer) -> tuple[DataLoader, int]:
@@ -314,6 +342,15 @@ def _stage1_student(cfg: DictConfig) -> dict:
     can be changed without training stage 1 again)."""
     student = OmegaConf.to_container(cfg.student, resolve=True)
     return {key: value for key, value in student.items() if not key.startswith("stage2_")}
+
+
+def _pseudo_label_settings(cfg: DictConfig) -> dict:
+    """Pseudo-label settings that decide stage 1; augmentation only when it is on, so students
+    stored before it existed keep their keys."""
+    settings = OmegaConf.to_container(cfg.distill.pseudo_label, resolve=True)
+    if not settings.get("augment", {}).get("variants_per_sentence"):
+        settings.pop("augment", None)
+    return settings
 
 
 def _trainer_settings(cfg: DictConfig) -> dict:

@@ -231,10 +231,14 @@ def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_
     assert len(added) == 4838 - 678  # 50Agree's distinct sentences less val and test
 
     news = NewsDataModule([str(data_dir / "news")], max_sentences=50, tokenizer=minilm_tokenizer,
-                          exclude_phrasebank=cfg.data.source, extra_sentences=added[:30])
+                          exclude_phrasebank=cfg.data.source,
+                          extra_sentences={"phrasebank": added[:30],
+                                           "augmented": ["Profit fell .", "profit  fell ."]})
     news.setup()
-    assert news.corpus.counts["phrasebank_added"] == 30 and len(news.dataset) == 80
-    assert news.corpus.sentences[50:] == added[:30]
+    counts = news.corpus.counts
+    assert counts["phrasebank_added"] == 30 and counts["augmented_added"] == 1  # a repeat dropped
+    assert list(counts)[-1] == "total" and counts["total"] == len(news.dataset) == 81
+    assert news.corpus.sentences[50:] == [*added[:30], "Profit fell ."]
 
 
 def test_frozen_teacher_stays_in_eval_mode_when_lightning_switches_to_training(tiny_pair):

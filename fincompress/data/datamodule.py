@@ -269,8 +269,9 @@ class NewsDataModule(L.LightningDataModule):
         exclude_phrasebank: a PhraseBank source whose sentences (50Agree, the largest level)
             are removed from the corpus; None to keep everything.
         max_sentences: seeded subsample size.
-        extra_sentences: in-domain sentences added after subsampling (see
-            ``distill.pseudo_label.add_phrasebank``), counted as ``phrasebank_added``.
+        extra_sentences: in-domain sentences added after subsampling, by name (see
+            ``distill.pseudo_label.add_phrasebank`` and ``augment``), each group counted as
+            ``<name>_added``.
     """
 
     def __init__(
@@ -288,7 +289,7 @@ class NewsDataModule(L.LightningDataModule):
         eval_batch_size: int = 128,
         num_workers: int = 0,
         cache_dir: str | None = None,
-        extra_sentences: list[str] | None = None,
+        extra_sentences: dict[str, list[str]] | None = None,
     ):
         super().__init__()
         self.sources = list(sources)
@@ -319,8 +320,8 @@ class NewsDataModule(L.LightningDataModule):
                 self.sources, self.text_column, self.min_words, self.max_words, exclude,
                 self.max_sentences, self.seed,
             )
-            if self.extra_sentences:
-                self.corpus = add_sentences(self.corpus, self.extra_sentences, "phrasebank")
+            for name, sentences in (self.extra_sentences or {}).items():
+                self.corpus = add_sentences(self.corpus, sentences, name)
         if self.dataset is None:
             input_ids = tokenize_cached(self.corpus.sentences, self.tokenizer, self.max_length,
                                         self.cache_dir)

@@ -222,7 +222,8 @@ def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCo
         if _normalise(text) not in present:
             present.add(_normalise(text))
             new.append(text)
-    counts = {**corpus.counts, f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)}
+    counts = {key: value for key, value in corpus.counts.items() if key != "total"}
+    counts.update({f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)})
     return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)})
 
 
