@@ -3,7 +3,9 @@
 For every sentence the cache holds the teacher's logits (soft labels; hard labels are their
 argmax) and the [CLS] state of every teacher layer (what PKD distils). The cache folder is
 named by a key of the teacher's weights, the corpus and the maximum length, so any later run
-with the same teacher and corpus reuses it. A report gives the label distribution and a
+with the same teacher and corpus reuses it. A new corpus that shares sentences with earlier
+caches of the same teacher and maximum length (more augmented variants, more news) copies
+their rows and labels only the new sentences. A report gives the label distribution and a
 confidence histogram.
 """
 
@@ -63,18 +65,30 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
     ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand;
     ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand.
     """
-    key = hashlib.sha256(
-        f"{teacher_fingerprint(teacher_dir)}\n{corpus.fingerprint}\n{max_length}".encode()
-    ).hexdigest()[:16]
+    fingerprint = teacher_fingerprint(teacher_dir)
+    key = hashlib.sha256(f"{fingerprint}\n{corpus.fingerprint}\n{max_length}".encode()
+                         ).hexdigest()[:16]
     folder = Path(store_dir) / key
     if (folder / "labels.pt").is_file():
         log.info("reusing pseudo-labels %s", folder)
         return _load(folder, reused=True)
 
-    model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
-    logits, cls = predict(model, tokenizer, corpus.sentences, batch_size, max_length,
-                          cls_states=True, description="pseudo-labelling news",
-                          input_ids=input_ids)
+    logits, cls, known = labelled_before(Path(store_dir), fingerprint, max_length, labels,
+                                         corpus.sentences)
+    missing = [i for i, sentence in enumerate(corpus.sentences) if sentence not in known]
+    log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
+             len(known), len(corpus.sentences), len(missing))
+    if missing:
+        model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
+        new_logits, new_cls = predict(
+            model, tokenizer, [corpus.sentences[i] for i in missing], batch_size, max_length,
+            cls_states=True, description="pseudo-labelling news",
+            input_ids=None if input_ids is None else [input_ids[i] for i in missing])
+        if logits is None:
+            logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
+            cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
+        logits[missing] = new_logits
+        cls[missing] = new_cls
     staging = folder.with_name(f".{key}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -82,13 +96,55 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
                staging / "labels.pt")
     result = PseudoLabels(corpus.sentences, logits, cls, labels, folder)
     report = label_report(result)
-    report.update(teacher=str(teacher_dir), corpus_counts=corpus.counts, per_file=corpus.per_file)
+    report.update(teacher=str(teacher_dir), teacher_fingerprint=fingerprint,
+                  max_length=max_length, copied_from_earlier_caches=len(known),
+                  corpus_counts=corpus.counts, per_file=corpus.per_file)
     write_json(report, staging / "report.json")
     save_confidence_histogram(result, staging / "confidence_histogram.png")
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     log.info("pseudo-labels: %s", json.dumps({k: report[k] for k in ("sentences", "label_share")}))
     return result
+
+
+def labelled_before(store_dir: Path, fingerprint: str, max_length: int, labels: list[str],
+                    sentences: list[str]):
+    """Rows of earlier caches (same teacher weights, maximum length and label order) for
+    ``sentences``.
+
+    Returns ``logits`` (N, classes) and ``cls`` (N, layers + 1, hidden) with the found rows
+    filled (both None when nothing was found), and the set of sentences found. Caches written
+    before reports named their teacher fingerprint are not consulted.
+    """
+    wanted: dict[str, list[int]] = {}
+    for i, sentence in enumerate(sentences):
+        wanted.setdefault(sentence, []).append(i)
+    known: set[str] = set()
+    logits = cls = None
+    for report_path in sorted(store_dir.glob("[!.]*/report.json")):
+        report = json.loads(report_path.read_text())
+        if (report.get("teacher_fingerprint") != fingerprint
+                or report.get("max_length") != max_length):
+            continue
+        data = torch.load(report_path.parent / "labels.pt", mmap=True)
+        if data["labels"] != labels:
+            continue
+        rows, targets = [], []
+        for row, sentence in enumerate(data["sentences"]):
+            if sentence in wanted and sentence not in known:
+                known.add(sentence)
+                rows += [row] * len(wanted[sentence])
+                targets += wanted[sentence]
+        if not rows:
+            continue
+        if logits is None:
+            logits = torch.empty(len(sentences), data["logits"].shape[1])
+            cls = torch.empty(len(sentences), *data["cls"].shape[1:], dtype=data["cls"].dtype)
+        logits[targets] = data["logits"][rows]
+        cls[targets] = data["cls"][rows]
+        if len(known) == len(wanted):
+            break
+    return logits, cls, known
 
 
 def _load(folder: Path, reused: bool) -> PseudoLabels:
