@@ -132,7 +132,7 @@ def test_pseudo_label_cache_is_keyed_by_corpus(shared_root, tmp_path, monkeypatc
 
 
 def test_a_grown_corpus_labels_only_its_new_sentences(shared_root, tmp_path, monkeypatch):
-    """More variants or more news: sentences an earlier cache of the same teacher labelled are
+    """More news or more transfer text: sentences an earlier cache of the same teacher labelled are
     copied, only the new ones go through the teacher; another max_length copies nothing."""
     teacher_dir = next((shared_root / "stages" / "teacher").glob("*/model"))
     first = pseudo_label_module.pseudo_label(
@@ -145,16 +145,15 @@ def test_a_grown_corpus_labels_only_its_new_sentences(shared_root, tmp_path, mon
         return predict(model, tokenizer, texts, *args, **kwargs)
 
     monkeypatch.setattr(pseudo_label_module, "predict", recording_predict)
-    grown = NewsCorpus(["Orders doubled .", "Sales fell .", "Profit rose strongly ."])
+    grown = NewsCorpus(["Orders doubled .", "Sales fell .", "Profit rose strongly .", "Sales fell ."])
     second = pseudo_label_module.pseudo_label(teacher_dir, grown, tmp_path, LABELS)
     assert labelled == [["Orders doubled ."]] and not second.reused
-    assert torch.equal(second.logits[1:], first.logits[[1, 0]])
-    assert torch.equal(second.cls[1:], first.cls[[1, 0]])
-    fresh, fresh_cls = predict(*load_classifier(str(teacher_dir), LABELS), ["Orders doubled ."],
-                               cls_states=True)
+    assert torch.equal(second.logits[1:], first.logits[[1, 0, 1]])
+    assert torch.equal(second.cls[1:], first.cls[[1, 0, 1]])
+    fresh, _ = predict(*load_classifier(str(teacher_dir), LABELS), ["Orders doubled ."])
     assert torch.allclose(second.logits[0], fresh[0], atol=1e-2)
     report = json.loads((second.folder / "report.json").read_text())
-    assert report["copied_from_earlier_caches"] == 2 and report["sentences"] == 3
+    assert report["copied_from_earlier_caches"] == 3 and report["sentences"] == 4
 
     labelled.clear()
     pseudo_label_module.pseudo_label(teacher_dir, grown, tmp_path / "other", LABELS)

@@ -4,7 +4,7 @@ For every sentence the cache holds the teacher's logits (soft labels; hard label
 argmax) and the [CLS] state of every teacher layer (what PKD distils). The cache folder is
 named by a key of the teacher's weights, the corpus and the maximum length, so any later run
 with the same teacher and corpus reuses it. A new corpus that shares sentences with earlier
-caches of the same teacher and maximum length (more augmented variants, more news) copies
+caches of the same teacher and maximum length (the same news plus PhraseBank text) copies
 their rows and labels only the new sentences. A report gives the label distribution and a
 confidence histogram.
 """
@@ -73,11 +73,11 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
         log.info("reusing pseudo-labels %s", folder)
         return _load(folder, reused=True)
 
-    logits, cls, known = labelled_before(Path(store_dir), fingerprint, max_length, labels,
+    logits, cls, found = labelled_before(Path(store_dir), fingerprint, max_length, labels,
                                          corpus.sentences)
-    missing = [i for i, sentence in enumerate(corpus.sentences) if sentence not in known]
+    missing = [i for i, copied in enumerate(found) if not copied]
     log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
-             len(known), len(corpus.sentences), len(missing))
+             len(found) - len(missing), len(found), len(missing))
     if missing:
         model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
         new_logits, new_cls = predict(
@@ -97,7 +97,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | P
     result = PseudoLabels(corpus.sentences, logits, cls, labels, folder)
     report = label_report(result)
     report.update(teacher=str(teacher_dir), teacher_fingerprint=fingerprint,
-                  max_length=max_length, copied_from_earlier_caches=len(known),
+                  max_length=max_length, copied_from_earlier_caches=len(found) - len(missing),
                   corpus_counts=corpus.counts, per_file=corpus.per_file)
     write_json(report, staging / "report.json")
     save_confidence_histogram(result, staging / "confidence_histogram.png")
@@ -113,13 +113,10 @@ def labelled_before(store_dir: Path, fingerprint: str, max_length: int, labels: 
     ``sentences``.
 
     Returns ``logits`` (N, classes) and ``cls`` (N, layers + 1, hidden) with the found rows
-    filled (both None when nothing was found), and the set of sentences found. Caches written
-    before reports named their teacher fingerprint are not consulted.
+    filled (both None when nothing was found), and ``found``, one bool per sentence. Caches
+    written before reports named their teacher fingerprint are not consulted.
     """
-    wanted: dict[str, list[int]] = {}
-    for i, sentence in enumerate(sentences):
-        wanted.setdefault(sentence, []).append(i)
-    known: set[str] = set()
+    found = [False] * len(sentences)
     logits = cls = None
     for report_path in sorted(store_dir.glob("[!.]*/report.json")):
         report = json.loads(report_path.read_text())
@@ -129,22 +126,21 @@ def labelled_before(store_dir: Path, fingerprint: str, max_length: int, labels: 
         data = torch.load(report_path.parent / "labels.pt", mmap=True)
         if data["labels"] != labels:
             continue
-        rows, targets = [], []
-        for row, sentence in enumerate(data["sentences"]):
-            if sentence in wanted and sentence not in known:
-                known.add(sentence)
-                rows += [row] * len(wanted[sentence])
-                targets += wanted[sentence]
-        if not rows:
+        row_of = {sentence: row for row, sentence in enumerate(data["sentences"])}
+        targets = [i for i, sentence in enumerate(sentences) if not found[i] and sentence in row_of]
+        if not targets:
             continue
         if logits is None:
             logits = torch.empty(len(sentences), data["logits"].shape[1])
             cls = torch.empty(len(sentences), *data["cls"].shape[1:], dtype=data["cls"].dtype)
+        rows = [row_of[sentences[i]] for i in targets]
         logits[targets] = data["logits"][rows]
         cls[targets] = data["cls"][rows]
-        if len(known) == len(wanted):
+        for i in targets:
+            found[i] = True
+        if all(found):
             break
-    return logits, cls, known
+    return logits, cls, found
 
 
 def _load(folder: Path, reused: bool) -> PseudoLabels:
