@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from fincompress.pipeline import run_distill
+from fincompress.pipeline import StudentMismatchError, run_distill
 from fincompress.teacher.train import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill}
@@ -17,6 +19,9 @@ def main(cfg: DictConfig) -> float | None:
         raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(TASKS)}")
     try:
         info = TASKS[cfg.task](cfg)
+    except StudentMismatchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(StudentMismatchError.exit_code)
     finally:
         import wandb
 

@@ -7,6 +7,8 @@ labels, and expected calibration error (15 equal-width confidence bins).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -18,13 +20,15 @@ from tqdm.auto import tqdm
 
 from fincompress.data.datamodule import LengthGroupedBatchSampler, pad_collate
 from fincompress.distill.kd import kl_teacher_student
+from fincompress.hardware import autocast_dtype
 
 
 @torch.no_grad()
 def predict(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
             cls_states: bool = False, description: str | None = None,
-            input_ids: list[list[int]] | None = None):
-    """Logits for ``texts`` in bf16 autocast, batched by length, returned in input order.
+            input_ids: list[list[int]] | None = None, precision: str = "auto"):
+    """Logits for ``texts``, batched by length, returned in input order, in bf16 autocast
+    under a bf16 ``precision`` (``auto``: where the CPU runs bf16 natively), else in fp32.
 
     Returns:
         ``logits`` (N, classes) float32, and with ``cls_states`` the [CLS] state of every
@@ -38,10 +42,11 @@ def predict(model, tokenizer, texts: list[str], batch_size: int = 64, max_length
     sampler = LengthGroupedBatchSampler([len(ids) for ids in input_ids], batch_size, shuffle=False)
     logits = torch.empty(len(input_ids), model.config.num_labels)
     cls = None
+    dtype = autocast_dtype(precision)
     for indices in tqdm(list(sampler), desc=description, disable=description is None,
                         unit="batch"):
         batch = collate([{"input_ids": input_ids[i], "index": i} for i in indices])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
             output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            output_hidden_states=cls_states)
         logits[batch["index"]] = output.logits.float()

@@ -1,12 +1,12 @@
 """The distillation pipeline behind ``python train.py +experiment=pkd`` (and ce, kd, tinybert,
 fresh): teacher -> pseudo-labelled news -> stage 1 (student on news) -> stage 2 (student
-fine-tuned on PhraseBank) -> test diagnostics side by side with the teacher.
+fine-tuned on PhraseBank) -> test diagnostics side by side with the teacher and the fresh
+baseline (the same student fine-tuned on PhraseBank only).
 
-Upstream stages are stored under ``<output_root>/stages/<stage>/<key>``, where the key hashes
-everything that determines the stage's result; a later run whose configs match reuses them
-(a crash mid-stage leaves only a ``.partial`` folder, which is redone). The run folder holds
-the final student (Hugging Face folder + ``checkpoint_info.json`` + the scored test split) and
-``results.json``.
+Upstream stages (teacher, pseudo-labels, stage 1, fresh baseline) live in the stage store
+(:mod:`fincompress.store`) under keys of everything that decides them; a later run whose
+configs match reuses them. The run folder holds the final student (Hugging Face folder +
+``checkpoint_info.json`` + the scored test split) and ``results.json``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -37,16 +36,17 @@ from fincompress.evaluate import diagnostics, predict
 from fincompress.metrics import save_confusion_matrices
 from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
 from fincompress.module import ClassifierModule
-from fincompress.pseudo_label.label import pseudo_label
+from fincompress.pseudo_label.label import pseudo_label, pseudo_label_inputs, teacher_fingerprint
 from fincompress.runs import (
     best_score,
     build_trainer,
-    config_hash,
+    choose_precision,
     load_best_weights,
     save_model_folder,
     stage_config,
     write_json,
 )
+from fincompress.store import ensure_stage, stage_key
 from fincompress.teacher.train import train_teacher
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ SPLIT_KEYS = ("source", "agreement", "split_fractions", "seed", "labels", "max_l
 
 def run_distill(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    machine = choose_precision(cfg)
     labels = list(cfg.data.labels)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -67,20 +68,32 @@ def run_distill(cfg: DictConfig) -> dict:
     teacher_dir = ensure_teacher(cfg)
     timings["teacher_s"] = round(time.perf_counter() - clock, 1)
     cfg.teacher_checkpoint = str(teacher_dir)  # student configs interpolate it
+    teacher_split = _recorded_split(teacher_dir)
+    _check_same_split(teacher_dir, teacher_split, current_split_hash(cfg))
 
     clock = time.perf_counter()
     if cfg.method.stage1:
         stage1_dir = ensure_stage1(cfg, teacher_dir, labels)
         model, tokenizer = load_classifier(str(stage1_dir / "model"), labels)
-    else:  # the "fresh" baseline: stage 2 only, from the student's initial weights
+    else:  # the "fresh" experiment: stage 2 only, from the student's initial weights
         stage1_dir = None
+        L.seed_everything(cfg.seed, workers=True)
         model, tokenizer = instantiate(cfg.student.model)
     timings["stage1_s"] = round(time.perf_counter() - clock, 1)
 
     clock = time.perf_counter()
-    result = finetune_and_score(cfg, model, tokenizer, teacher_dir, labels, output_dir,
-                                stage1_dir, started)
+    best_val = finetune(cfg, model, tokenizer, output_dir / "stage2")
     timings["stage2_s"] = round(time.perf_counter() - clock, 1)
+
+    fresh = None
+    if cfg.method.stage1 and cfg.distill.fresh_baseline:
+        clock = time.perf_counter()
+        fresh = ensure_fresh_baseline(cfg, teacher_dir)
+        timings["fresh_baseline_s"] = round(time.perf_counter() - clock, 1)
+
+    result = score_and_save(cfg, model, tokenizer, best_val, teacher_dir, fresh, labels,
+                            output_dir, stage1_dir, started, machine)
+    result["teacher_split_unknown"] = teacher_split is None
     timings["total_s"] = round(time.perf_counter() - started, 1)
     result["timings"] = timings
     write_json(result, output_dir / "results.json")
@@ -97,80 +110,100 @@ def ensure_teacher(cfg: DictConfig) -> Path:
             raise FileNotFoundError(f"teacher_checkpoint {folder} is not a saved model folder "
                                     "(no config.json)")
         return folder
-    key = config_hash(cfg.teacher, _split_settings(cfg), cfg.seed, _trainer_settings(cfg))
-    folder = Path(cfg.paths.output_root) / "stages" / "teacher" / key
-    if (folder / "model" / "checkpoint_info.json").is_file():
-        log.info("reusing teacher %s", folder)
-        print(f"reusing teacher {folder / 'model'}")
-        return folder / "model"
-    staging = _staging(folder)
-    train_teacher(stage_config(cfg, staging, max_epochs=cfg.teacher.max_epochs))
-    staging.rename(folder)
-    print(f"teacher stored: {folder / 'model'}")
+    choose_precision(cfg)  # the precision is part of the key
+    inputs = {"teacher": cfg.teacher, "data": _data_settings(cfg), "seed": cfg.seed,
+              "trainer": _trainer_settings(cfg)}
+    folder, reused = ensure_stage(cfg.paths.output_root, "teacher", inputs, lambda staging: (
+        train_teacher(stage_config(cfg, staging, max_epochs=cfg.teacher.max_epochs))))
+    print(f"{'reusing' if reused else 'stored'} teacher {folder / 'model'}")
     return folder / "model"
 
 
 def ensure_stage1(cfg: DictConfig, teacher_dir: Path, labels: list[str]) -> Path:
-    """Pseudo-label the news (cached), then train the student on it (stored by config)."""
+    """The student after stage 1 (distillation on pseudo-labelled news): stored, or trained
+    now on the teacher's labels (themselves stored, see :func:`pseudo_label`)."""
+    precision = cfg.trainer.precision
     teacher_model, teacher_tokenizer = load_classifier(str(teacher_dir), labels)
     news = instantiate(cfg.news, tokenizer=teacher_tokenizer,
                        extra_sentences=transfer_sentences(cfg, teacher_model, teacher_tokenizer))
     news.setup()
     print(news.corpus.summary())
-    pseudo = pseudo_label(teacher_dir, news.corpus,
-                          Path(cfg.paths.output_root) / "stages" / "pseudo_labels", labels,
-                          cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
-                          input_ids=news.dataset.input_ids,
-                          teacher=(teacher_model, teacher_tokenizer))
+    pseudo_inputs = pseudo_label_inputs(teacher_dir, news.corpus, labels, cfg.news.max_length,
+                                        precision)
+    inputs = {"student": _stage1_student(cfg), "method": cfg.method,
+              "pseudo_label": _pseudo_label_settings(cfg),
+              "pseudo_labels": stage_key(pseudo_inputs), "stage1": cfg.distill.stage1,
+              "news": {key: cfg.news[key] for key in ("batch_size", "max_length")},
+              "data": _data_settings(cfg), "seed": cfg.seed, "trainer": _trainer_settings(cfg)}
 
-    key = config_hash(_stage1_student(cfg), cfg.method, _pseudo_label_settings(cfg),
-                      cfg.distill.stage1, pseudo.folder.name, _split_settings(cfg), cfg.seed,
-                      _trainer_settings(cfg))
-    folder = Path(cfg.paths.output_root) / "stages" / "stage1" / key
-    if (folder / "model" / "checkpoint_info.json").is_file():
-        print(f"reusing stage-1 student {folder / 'model'}")
-        return folder
-    staging = _staging(folder)
-    stage = stage_config(cfg, staging, max_epochs=cfg.distill.stage1.max_epochs)
-    L.seed_everything(cfg.seed, workers=True)
-    student, tokenizer = instantiate(cfg.student.model)
-    loss = build_loss(cfg, student, teacher_model)
-    teacher = None
-    if loss.needs_teacher_model:
-        if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_tokenizer):
-            raise ValueError(
-                f"method {cfg.method.name} runs the teacher on the student's tokens, but the "
-                f"student ({cfg.student.name}) and teacher ({teacher_dir}) tokenize differently; "
-                "use a student built on the teacher's tokenizer (tiny, truncated)")
-        teacher = teacher_model
-        if loss.needs_attentions:  # attention maps need the eager implementation
-            teacher.set_attn_implementation("eager")
-            student.set_attn_implementation("eager")
+    def build(staging: Path) -> None:
+        stage = stage_config(cfg, staging, max_epochs=cfg.distill.stage1.max_epochs)
+        L.seed_everything(cfg.seed, workers=True)
+        student, tokenizer = instantiate(cfg.student.model)
+        loss = build_loss(cfg, student, teacher_model)
+        teacher = None
+        if loss.needs_teacher_model:  # checked before the teacher labels anything
+            if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(teacher_tokenizer):
+                raise StudentMismatchError(
+                    f"method {cfg.method.name} runs the teacher on the student's tokens, but the "
+                    f"student ({cfg.student.name}) and teacher ({teacher_dir}) tokenize "
+                    "differently; use a student built on the teacher's tokenizer (tiny, truncated)")
+            teacher = teacher_model
+            if loss.needs_attentions:  # attention maps need the eager implementation
+                teacher.set_attn_implementation("eager")
+                student.set_attn_implementation("eager")
+        pseudo = pseudo_label(teacher_dir, news.corpus, cfg.paths.output_root, labels,
+                              cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
+                              input_ids=news.dataset.input_ids,
+                              teacher=(teacher_model, teacher_tokenizer), precision=precision)
+        train_loader, news_sentences = news_loader(cfg, pseudo, loss, tokenizer)
+        phrasebank = instantiate(stage.data, tokenizer=tokenizer)
+        phrasebank.setup()
+        module = ClassifierModule(student, labels, instantiate(cfg.distill.stage1.optimizer),
+                                  instantiate(cfg.distill.stage1.scheduler), loss=loss,
+                                  teacher=teacher)
+        trainer = build_trainer(stage, prefix="stage1")
+        trainer.fit(module, train_dataloaders=train_loader,
+                    val_dataloaders=phrasebank.val_dataloader())
+        load_best_weights(trainer, module)
+        save_model_folder(module.model, tokenizer, staging / "model", {
+            "stage": "stage1",
+            "method": cfg.method.name,
+            "student": cfg.student.name,
+            "teacher": str(teacher_dir),
+            "pseudo_labels": str(pseudo.folder),
+            "news_sentences": news_sentences,
+            "best_val_f1_macro": best_score(trainer),
+            "split_hash": phrasebank.info["split_hash"],
+            "machine": cfg.machine,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        })
 
-    train_loader, news_sentences = news_loader(cfg, pseudo, loss, tokenizer)
-    phrasebank = instantiate(stage.data, tokenizer=tokenizer)
-    phrasebank.setup()
-    module = ClassifierModule(student, labels, instantiate(cfg.distill.stage1.optimizer),
-                              instantiate(cfg.distill.stage1.scheduler), loss=loss,
-                              teacher=teacher)
-    trainer = build_trainer(stage, prefix="stage1")
-    trainer.fit(module, train_dataloaders=train_loader,
-                val_dataloaders=phrasebank.val_dataloader())
-    load_best_weights(trainer, module)
-    save_model_folder(module.model, tokenizer, staging / "model", {
-        "stage": "stage1",
-        "method": cfg.method.name,
-        "student": cfg.student.name,
-        "teacher": str(teacher_dir),
-        "pseudo_labels": str(pseudo.folder),
-        "news_sentences": news_sentences,
-        "best_val_f1_macro": best_score(trainer),
-        "split_hash": phrasebank.info["split_hash"],
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    })
-    staging.rename(folder)
-    print(f"stage-1 student stored: {folder / 'model'}")
+    folder, reused = ensure_stage(cfg.paths.output_root, "stage1", inputs, build)
+    print(f"{'reusing' if reused else 'stored'} stage-1 student {folder / 'model'}")
     return folder
+
+
+def ensure_fresh_baseline(cfg: DictConfig, teacher_dir: Path) -> Path:
+    """The fresh baseline beside every distilled student: the same student, from its initial
+    weights, fine-tuned on PhraseBank with the same stage-2 settings; stored, so a sweep over
+    distillation settings trains it once."""
+    inputs = {"student": cfg.student, "teacher_fingerprint": teacher_fingerprint(teacher_dir),
+              "stage2": cfg.distill.stage2, "data": _data_settings(cfg), "seed": cfg.seed,
+              "trainer": _trainer_settings(cfg)}
+
+    def build(staging: Path) -> None:
+        L.seed_everything(cfg.seed, workers=True)
+        model, tokenizer = instantiate(cfg.student.model)
+        best_val = finetune(cfg, model, tokenizer, staging)
+        save_model_folder(model, tokenizer, staging / "model", {
+            "stage": "fresh_baseline", "student": cfg.student.name, "teacher": str(teacher_dir),
+            "best_val_f1_macro": best_val, "machine": cfg.machine,
+            "config": OmegaConf.to_container(cfg, resolve=True)})
+
+    folder, reused = ensure_stage(cfg.paths.output_root, "fresh", inputs, build)
+    print(f"{'reusing' if reused else 'stored'} fresh baseline {folder / 'model'}")
+    return folder / "model"
 
 
 def phrasebank_transfer(cfg: DictConfig) -> list[str] | None:
@@ -225,7 +258,8 @@ def news_loader(cfg: DictConfig, pseudo, loss, tokenizer) -> tuple[DataLoader, i
     input_ids = tokenize_cached(pseudo.sentences, tokenizer, cfg.news.max_length, cfg.news.cache_dir)
     extras = {"teacher_logits": pseudo.logits[index]}
     if loss.teacher_cls_layers:
-        extras["teacher_cls"] = pseudo.cls[index][:, loss.teacher_cls_layers]
+        # only the matched layers leave the memory-mapped cache
+        extras["teacher_cls"] = pseudo.cls[:, loss.teacher_cls_layers][index]
     dataset = TokenizedDataset([input_ids[i] for i in index], pseudo.hard_labels[index].tolist(),
                                extras)
     loader = DataLoader(
@@ -250,34 +284,54 @@ def build_loss(cfg: DictConfig, student, teacher) -> torch.nn.Module:
     return factory(**{k: v for k, v in shapes.items() if k in accepted})
 
 
-def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, labels: list[str],
-                       output_dir: Path, stage1_dir: Path | None, started: float) -> dict:
-    """Stage 2: fine-tune on PhraseBank gold labels (same settings for every student), then
-    score student and teacher on the test split."""
-    stage_dir = output_dir / "stage2"
-    stage = stage_config(cfg, stage_dir, max_epochs=cfg.distill.stage2.max_epochs)
+def finetune(cfg: DictConfig, model, tokenizer, folder: Path) -> float | None:
+    """Stage 2: fine-tune ``model`` in place on PhraseBank gold labels (the same settings for
+    every student and the fresh baseline), keep its best epoch on validation macro-F1; split
+    files, checkpoints and logs go to ``folder``. Returns that best validation macro-F1."""
+    stage = stage_config(cfg, folder, max_epochs=cfg.distill.stage2.max_epochs)
     L.seed_everything(cfg.seed, workers=True)
     phrasebank = instantiate(stage.data, tokenizer=tokenizer)
     phrasebank.setup()
-    _check_same_split(teacher_dir, phrasebank.info["split_hash"])
-    module = ClassifierModule(model, labels, instantiate(cfg.distill.stage2.optimizer),
-                              instantiate(cfg.distill.stage2.scheduler))
+    module = ClassifierModule(model, labels=list(cfg.data.labels),
+                              optimizer=instantiate(cfg.distill.stage2.optimizer),
+                              scheduler=instantiate(cfg.distill.stage2.scheduler))
     trainer = build_trainer(stage, prefix="stage2")
     trainer.fit(module, datamodule=phrasebank)
     load_best_weights(trainer, module)
+    return best_score(trainer)
 
-    test_rows = read_split_file(stage_dir / "split" / "test.csv")
+
+def score_and_save(cfg: DictConfig, model, tokenizer, best_val: float | None, teacher_dir: Path,
+                   fresh_dir: Path | None, labels: list[str], output_dir: Path,
+                   stage1_dir: Path | None, started: float, machine: dict) -> dict:
+    """Score the teacher, the student and the fresh baseline on the test split (the same
+    precision as training), save the student with ``checkpoint_info.json``."""
+    split_file = output_dir / "stage2" / "split" / "test.csv"
+    test_rows = read_split_file(split_file)
     texts = [row.text for row in test_rows]
     gold = torch.tensor([labels.index(row.label) for row in test_rows])
+
+    def test_logits(model, tokenizer):
+        return predict(model, tokenizer, texts, max_length=cfg.data.max_length,
+                       precision=cfg.trainer.precision)[0]
+
     teacher_model, teacher_tokenizer = load_classifier(str(teacher_dir), labels)
-    teacher_logits, _ = predict(teacher_model, teacher_tokenizer, texts,
-                                max_length=cfg.data.max_length)
-    student_logits, _ = predict(module.model, tokenizer, texts, max_length=cfg.data.max_length)
+    teacher_logits = test_logits(teacher_model, teacher_tokenizer)
     teacher_scores = diagnostics(teacher_logits, gold, labels, teacher_logits)
-    student_scores = diagnostics(student_logits, gold, labels, teacher_logits)
+    student_scores = diagnostics(test_logits(model, tokenizer), gold, labels, teacher_logits)
+    student_scores["best_val_f1_macro"] = best_val
+    fresh = None
+    if fresh_dir is not None:
+        fresh_model, fresh_tokenizer = load_classifier(str(fresh_dir), labels)
+        fresh = diagnostics(test_logits(fresh_model, fresh_tokenizer), gold, labels,
+                            teacher_logits)
+        fresh["best_val_f1_macro"] = _recorded(fresh_dir, "best_val_f1_macro")
+        fresh["parameters"] = count_parameters(fresh_model)
+        fresh["dir"] = str(fresh_dir)
+    teacher_scores["best_val_f1_macro"] = _recorded(teacher_dir, "best_val_f1_macro")
 
     student_folder = output_dir / "student"
-    info = save_model_folder(module.model, tokenizer, student_folder, {
+    info = save_model_folder(model, tokenizer, student_folder, {
         "stage": "stage2",
         "method": cfg.method.name,
         "student": cfg.student.name,
@@ -286,13 +340,13 @@ def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, lab
         "stage1": str(stage1_dir) if stage1_dir else None,
         "labels": labels,
         "metrics": {f"test/{k}": v for k, v in student_scores.items() if isinstance(v, float)},
-        "best_val_f1_macro": best_score(trainer),
+        "best_val_f1_macro": best_val,
         "confusion_matrix": student_scores["confusion_matrix"],
-        "data": phrasebank.info,
-        "split_hash": phrasebank.info["split_hash"],
+        "split_hash": _recorded_split(teacher_dir) or current_split_hash(cfg),
+        "machine": machine,
         "wall_time_s": round(time.perf_counter() - started, 1),  # this run, reused stages excluded
         "config": OmegaConf.to_container(cfg, resolve=True),
-    }, extra_files={"test_split.csv": stage_dir / "split" / "test.csv"})
+    }, extra_files={"test_split.csv": split_file})
     title = f"{cfg.method.name} {cfg.student.name}: macro-F1 {student_scores['f1_macro']:.3f}"
     save_confusion_matrices({title: student_scores["confusion_matrix"]}, labels,
                             output_dir / "confusion_matrix.png")
@@ -300,41 +354,77 @@ def finetune_and_score(cfg: DictConfig, model, tokenizer, teacher_dir: Path, lab
         "method": cfg.method.name,
         "student_name": cfg.student.name,
         "teacher_dir": str(teacher_dir),
-        "teacher_source": _recorded_source(teacher_dir),
+        "teacher_source": _recorded(teacher_dir, "source") or str(teacher_dir),
         "student_dir": str(student_folder),
-        "split_hash": phrasebank.info["split_hash"],
+        "split_hash": info["split_hash"],
         "test_size": len(test_rows),
         "teacher_parameters": count_parameters(teacher_model),
         "student_parameters": info["parameters"],
         "teacher_size_bytes": folder_size_bytes(teacher_dir),
         "student_size_bytes": info["size_on_disk_bytes"],
+        "machine": machine,
         "teacher": teacher_scores,
         "student": student_scores,
+        "fresh": fresh,
     }
 
 
 def side_by_side(result: dict) -> str:
-    teacher, student = result["teacher"], result["student"]
-    rows = [
-        ("parameters", f"{result['teacher_parameters'] / 1e6:.1f}M",
-         f"{result['student_parameters'] / 1e6:.1f}M"),
-        ("size on disk", f"{result['teacher_size_bytes'] / 2**20:.0f} MiB",
-         f"{result['student_size_bytes'] / 2**20:.0f} MiB"),
-    ]
-    for key in ("acc", "f1_macro", "f1_negative", "f1_neutral", "f1_positive",
-                "kl_teacher_student", "agreement_with_teacher", "ece"):
-        rows.append((key, f"{teacher[key]:.4f}", f"{student[key]:.4f}"))
-    header = f"{'':24}{'teacher':>14}{result['method'] + ' ' + result['student_name']:>26}"
-    lines = [f"{name:24}{t:>14}{s:>26}" for name, t, s in rows]
+    columns = [("teacher", result["teacher"]),
+               (f"{result['method']} {result['student_name']}", result["student"])]
+    if result.get("fresh"):
+        columns.append((f"fresh {result['student_name']}", result["fresh"]))
+    rows = [("parameters", [f"{result['teacher_parameters'] / 1e6:.1f}M",
+                            f"{result['student_parameters'] / 1e6:.1f}M"]
+             + ([f"{result['fresh']['parameters'] / 1e6:.1f}M"] if len(columns) > 2 else [])),
+            ("size on disk", [f"{result['teacher_size_bytes'] / 2**20:.0f} MiB",
+                              f"{result['student_size_bytes'] / 2**20:.0f} MiB"]
+             + (["same"] if len(columns) > 2 else []))]
+    for key in ("best_val_f1_macro", "acc", "f1_macro", "f1_negative", "f1_neutral",
+                "f1_positive", "kl_teacher_student", "agreement_with_teacher", "ece"):
+        rows.append((key, [_number(scores.get(key)) for _, scores in columns]))
+    header = f"{'':24}" + "".join(f"{name:>24}" for name, _ in columns)
+    lines = [f"{name:24}" + "".join(f"{cell:>24}" for cell in cells) for name, cells in rows]
+    machine = result["machine"]
+    notes = [f"machine: {machine['cpu']}, {machine['torch_threads']} threads, "
+             f"{machine['precision']} ({machine['precision_reason']})"]
+    if result.get("teacher_split_unknown"):
+        notes.append(f"WARNING: the teacher {result['teacher_dir']} records no PhraseBank split; "
+                     "it may have been trained on these test sentences (ProsusAI/finbert was "
+                     "fine-tuned on PhraseBank), so its scores may be inflated")
     return (f"\nPhraseBank test split ({result['test_size']} sentences, split "
-            f"{result['split_hash']})\n{header}\n" + "\n".join(lines) +
+            f"{result['split_hash']}); best_val_f1_macro is on the validation split\n{header}\n"
+            + "\n".join(lines) + "\n" + "\n".join(notes) +
             f"\nstage times (s): {json.dumps(result['timings'])}\nstudent saved: "
             f"{result['student_dir']}\n")
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+class StudentMismatchError(ValueError):
+    """A method that cannot train this student with this teacher (say, TinyBERT with a
+    student on another tokenizer): ``train.py`` exits with ``exit_code``, and
+    ``scripts/study.py`` skips the method and says why."""
+
+    exit_code = 3
 
 
 def _split_settings(cfg: DictConfig) -> dict:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     return {key: data[key] for key in SPLIT_KEYS}
+
+
+def _data_settings(cfg: DictConfig) -> dict:
+    """PhraseBank settings that decide a trained model: the split and the batch size."""
+    return {**_split_settings(cfg), "batch_size": cfg.data.batch_size}
+
+
+def current_split_hash(cfg: DictConfig) -> str:
+    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
+    split.prepare_splits()
+    return split.info["split_hash"]
 
 
 def _stage1_student(cfg: DictConfig) -> dict:
@@ -345,8 +435,7 @@ def _stage1_student(cfg: DictConfig) -> dict:
 
 
 def _pseudo_label_settings(cfg: DictConfig) -> dict:
-    """Pseudo-label settings that decide stage 1; augmentation only when it is on, so students
-    stored before it existed keep their keys."""
+    """Pseudo-label settings that decide stage 1; augmentation only when it is on."""
     settings = OmegaConf.to_container(cfg.distill.pseudo_label, resolve=True)
     if not settings.get("augment", {}).get("variants_per_sentence"):
         settings.pop("augment", None)
@@ -358,25 +447,17 @@ def _trainer_settings(cfg: DictConfig) -> dict:
     return {key: value for key, value in cfg.trainer.items() if key != "default_root_dir"}
 
 
-def _recorded_source(model_dir: Path) -> str:
-    info = model_dir / "checkpoint_info.json"
-    if info.is_file():
-        return json.loads(info.read_text()).get("source") or str(model_dir)
-    return str(model_dir)
+def _recorded(model_dir: Path, key: str):
+    info = Path(model_dir) / "checkpoint_info.json"
+    return json.loads(info.read_text()).get(key) if info.is_file() else None
 
 
-def _staging(folder: Path) -> Path:
-    staging = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # what an interrupted run left behind
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    return staging
+def _recorded_split(teacher_dir: Path) -> str | None:
+    """The PhraseBank split the teacher was trained on; None for an outside teacher."""
+    return _recorded(teacher_dir, "split_hash")
 
 
-def _check_same_split(teacher_dir: Path, split_hash: str) -> None:
-    info_path = teacher_dir / "checkpoint_info.json"
-    if not info_path.is_file():
-        return  # an outside teacher: nothing recorded to compare
-    teacher_split = json.loads(info_path.read_text()).get("split_hash")
+def _check_same_split(teacher_dir: Path, teacher_split: str | None, split_hash: str) -> None:
     if teacher_split and teacher_split != split_hash:
         raise ValueError(
             f"the teacher {teacher_dir} was trained on PhraseBank split {teacher_split}, this "

@@ -19,16 +19,34 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fincompress.hardware import machine_record, resolve_precision
 from fincompress.models.sources import count_parameters, folder_size_bytes
 
 
 def build_trainer(cfg: DictConfig, prefix: str = "") -> L.Trainer:
-    """The configured Trainer; ``prefix`` keeps each stage's metrics apart in a shared logger."""
+    """The configured Trainer (``precision: auto`` resolved for this machine); ``prefix`` keeps
+    each stage's metrics apart in a shared logger."""
+    choose_precision(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c, prefix=prefix) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def choose_precision(cfg: DictConfig) -> dict:
+    """Resolve ``trainer.precision: auto`` for this machine, in place, once per job; say what
+    was chosen and why. Returns the machine record (CPU, ISA flags, precision, reason) that
+    ``checkpoint_info.json`` and ``results.json`` carry; it is also kept as ``cfg.machine``."""
+    if cfg.get("machine"):
+        return OmegaConf.to_container(cfg.machine)
+    precision, reason = resolve_precision(cfg.trainer.precision)
+    record = machine_record(precision, reason)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+        cfg.machine = record
+    print(f"precision: {precision} ({reason})", flush=True)
+    return record
 
 
 def stage_config(cfg: DictConfig, output_dir: str | Path, **trainer_overrides) -> DictConfig:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from fincompress.metrics import save_confusion_matrices
+from fincompress.pipeline import StudentMismatchError
 
 METHODS = {
     "fresh": ["+experiment=fresh"],
@@ -48,6 +49,11 @@ def run_method(name: str, folder: Path, study: str, overrides: list[str], output
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code == StudentMismatchError.exit_code:
+        reason = [line for line in log.read_text(errors="replace").splitlines()
+                  if line.startswith("error: ")][-1].removeprefix("error: ")
+        print(f"[{study}] {name}: skipped: {reason}")
+        return {"status": "skipped", "error": reason}
     if code != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         print(f"[{study}] {name}: FAILED ({tail}); see {log}")
@@ -65,7 +71,7 @@ def table_rows(runs: dict[str, dict]) -> list[dict]:
                      "parameters_m": first["teacher_parameters"] / 1e6, **first["teacher"]})
     for name, result in runs.items():
         if result["status"] != "ok":
-            rows.append({"model": f"{name} (failed: {result['error'][:80]})"})
+            rows.append({"model": f"{name} ({result['status']}: {result['error'][:80]})"})
             continue
         rows.append({"model": f"{name} {result['student_name']}",
                      "parameters_m": result["student_parameters"] / 1e6, **result["student"],
@@ -118,7 +124,7 @@ def main() -> None:
         save_confusion_matrices(matrices, labels, root / "confusion_matrices.png")
     print(table)
     print(f"\nwritten: {root}/study.{{csv,json,md}}, confusion_matrices.png")
-    if any(r["status"] != "ok" for r in runs.values()):
+    if any(r["status"] == "failed" for r in runs.values()):
         sys.exit(1)
 
 

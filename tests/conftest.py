@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,26 @@ def minilm_tokenizer():
     from fincompress.models.sources import load_tokenizer
 
     return load_tokenizer("bundled:minilm-l6")
+
+
+def pytest_collection_modifyitems(config, items):
+    """A slow test's ``budget_s`` also bounds it (pytest-timeout), so that it cannot overrun."""
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        if marker and "budget_s" in marker.kwargs:
+            item.add_marker(pytest.mark.timeout(marker.kwargs["budget_s"]))
+
+
+def pytest_runtest_setup(item):
+    """Under CI (``FINCOMPRESS_DEADLINE``, a Unix time), a slow test starts only if its budget
+    fits before the deadline; otherwise it is skipped, and the skip says why."""
+    marker = item.get_closest_marker("slow")
+    deadline = os.environ.get("FINCOMPRESS_DEADLINE")
+    if marker is None or not deadline:
+        return
+    budget = marker.kwargs.get("budget_s")
+    if budget is None:
+        raise pytest.UsageError(f"{item.nodeid}: a slow test needs @pytest.mark.slow(budget_s=...)")
+    left = float(deadline) - time.time()
+    if budget > left:
+        pytest.skip(f"needs up to {budget} s, {left:.0f} s left before the CI deadline")

@@ -1,4 +1,8 @@
-"""Real pretrained models on the full PhraseBank split (minutes; run with ``pytest -m slow``)."""
+"""Real pretrained models on the full PhraseBank split (minutes; run with ``pytest -m slow``).
+
+Each test's ``budget_s`` bounds it and lets CI skip it when too little time is left; the
+budgets are about twice what the test took on a 2-core AVX2 CPU in fp32.
+"""
 
 import pytest
 from omegaconf import open_dict
@@ -9,7 +13,7 @@ from fincompress.teacher.train import train_teacher
 from .conftest import compose_config
 
 
-@pytest.mark.slow
+@pytest.mark.slow(budget_s=600)
 def test_minilm_teacher_reaches_the_issue_target(tmp_path, data_dir):
     cfg = compose_config(["+experiment=teacher"], tmp_path)
     info = train_teacher(cfg)
@@ -17,14 +21,17 @@ def test_minilm_teacher_reaches_the_issue_target(tmp_path, data_dir):
     assert info["metrics"]["test/f1_macro"] >= 0.94
 
 
-@pytest.mark.slow
+@pytest.mark.slow(budget_s=1200)
 def test_main_job_with_real_models(tmp_path, data_dir):
-    """``python train.py +experiment=pkd`` as a user runs it (teacher, news, student)."""
+    """``python train.py +experiment=pkd`` as a user runs it: the distilled student beats the
+    fresh baseline on validation and test."""
     cfg = compose_config(["+experiment=pkd"], tmp_path)
     with open_dict(cfg):
         cfg.paths.run_dir = str(tmp_path / "pkd")
     result = run_distill(cfg)
-    assert result["teacher"]["f1_macro"] >= 0.94
+    teacher, student, fresh = result["teacher"], result["student"], result["fresh"]
+    assert teacher["f1_macro"] >= 0.94
     assert result["student_parameters"] < result["teacher_parameters"]
-    assert result["student"]["f1_macro"] >= 0.85
-    assert result["student"]["agreement_with_teacher"] >= 0.85
+    assert student["f1_macro"] >= 0.935
+    assert student["best_val_f1_macro"] > fresh["best_val_f1_macro"]
+    assert student["f1_macro"] > fresh["f1_macro"]

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 import torch
 
 from fincompress.data.phrasebank import read_split_file
+from fincompress.evaluate import diagnostics, predict
 from fincompress.models.sources import load_classifier
 from fincompress.teacher.train import train_teacher
 
@@ -23,7 +25,7 @@ def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
         assert saved[key] is not None, key
     test_rows = read_split_file(run / "split" / "test.csv")
     assert len(test_rows) == 48 == sum(map(sum, saved["confusion_matrix"]))
-    assert 0 <= saved["metrics"]["test/f1_macro"] <= saved["metrics"]["test/acc"] <= 1
+    assert saved["machine"]["precision"] == cfg.trainer.precision != "auto"
     assert (run / "confusion_matrix.png").stat().st_size > 1000
     assert (run / "csv" / "metrics.csv").read_text().count("val/f1_macro") == 1
 
@@ -33,4 +35,13 @@ def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, best[f"model.{name}"])
     assert tokenizer("Profit rose .")["input_ids"][0] == tokenizer.cls_token_id
+
+    # the recorded test scores are those of the exported model on the written test split
+    gold = torch.tensor([cfg.data.labels.index(row.label) for row in test_rows])
+    logits, _ = predict(model, tokenizer, [row.text for row in test_rows],
+                        precision=saved["machine"]["precision"])
+    scores = diagnostics(logits, gold, list(cfg.data.labels))
+    assert scores["acc"] == pytest.approx(saved["metrics"]["test/acc"], abs=1e-6)
+    assert scores["f1_macro"] == pytest.approx(saved["metrics"]["test/f1_macro"], abs=1e-6)
+    assert scores["confusion_matrix"] == saved["confusion_matrix"]
 

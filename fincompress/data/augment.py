@@ -18,6 +18,8 @@ import re
 import torch
 from tqdm.auto import tqdm
 
+from fincompress.data.phrasebank import comparable
+
 # a word of letters not glued to digits or apostrophes ("EUR5m", "don't" stay whole)
 WORD = re.compile(r"(?<![\w'])[A-Za-z]+(?![\w'])")
 
@@ -78,12 +80,12 @@ class WordNeighbourAugmenter:
     def augment(self, sentences: list[str], variants_per_sentence: int, seed: int = 0,
                 exclude: list[str] = ()) -> list[str]:
         """Up to ``variants_per_sentence`` distinct variants of each sentence, in order. A
-        variant equal (case and spacing aside) to any input sentence or to one of ``exclude``
+        variant equal (as letters and digits) to any input sentence or to one of ``exclude``
         (say, the evaluation sentences) is dropped."""
         if variants_per_sentence < 0:
             raise ValueError(f"augment.variants_per_sentence must be >= 0, got {variants_per_sentence}")
         rng = random.Random(seed)
-        seen = {_normalise(text) for text in [*sentences, *exclude]}
+        seen = {comparable(text) for text in [*sentences, *exclude]}
         variants = []
         for sentence in tqdm(sentences, desc="augmenting sentences", disable=not sentences,
                              mininterval=2):
@@ -92,8 +94,8 @@ class WordNeighbourAugmenter:
                 if made == variants_per_sentence:
                     break
                 text = self.variant(sentence, rng)
-                if _normalise(text) not in seen:
-                    seen.add(_normalise(text))
+                if comparable(text) not in seen:
+                    seen.add(comparable(text))
                     variants.append(text)
                     made += 1
         return variants
@@ -110,6 +112,3 @@ def _match_case(candidate: str, original: str) -> str:
         return candidate[0].upper() + candidate[1:]
     return candidate
 
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split()).lower()

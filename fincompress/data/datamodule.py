@@ -14,6 +14,7 @@ import json
 import random
 from pathlib import Path
 
+import datasets
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -32,30 +33,42 @@ from fincompress.data.phrasebank import (
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what the tokenizer does to text: its vocabulary and rules, not the truncation
+    and padding state that each call leaves in the backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    state = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    return hashlib.sha256(f"{type(tokenizer).__name__}\n{state}".encode()).hexdigest()
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    else:
+        state = tokenizer.get_vocab()
+    text = json.dumps(state, sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()
 
 
 def tokenize_cached(
     texts: list[str], tokenizer, max_length: int, cache_dir: str | Path | None
 ) -> list[list[int]]:
-    """Token ids (with special tokens, truncated to ``max_length``) of every text, cached."""
+    """Token ids (with special tokens, truncated to ``max_length``) of every text, cached as an
+    Arrow file (``datasets``' ``map`` cache, written whole or not at all) keyed by the
+    tokenizer, the maximum length and the texts."""
     key = hashlib.sha256()
     key.update(tokenizer_fingerprint(tokenizer).encode())
     key.update(f"\n{max_length}\n".encode())
     for text in texts:
         key.update(text.encode("utf-8") + b"\0")
-    path = Path(cache_dir) / f"{key.hexdigest()[:24]}.pt" if cache_dir else None
-    if path is not None and path.is_file():
-        return torch.load(path)
-    input_ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{random.getrandbits(32)}")
-        torch.save(input_ids, tmp)
-        tmp.replace(path)  # a crash mid-write never leaves a truncated cache entry
-    return input_ids
+    if cache_dir is None:
+        return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    fingerprint = key.hexdigest()[:24]
+    tokenized = datasets.Dataset.from_dict({"text": list(texts)}).map(
+        lambda batch: {"input_ids": tokenizer(batch["text"], truncation=True,
+                                              max_length=max_length)["input_ids"]},
+        batched=True, batch_size=2000, remove_columns=["text"], new_fingerprint=fingerprint,
+        cache_file_name=str(Path(cache_dir) / f"{fingerprint}.arrow"), load_from_cache_file=True,
+        desc="tokenizing", features=datasets.Features(
+            {"input_ids": datasets.Sequence(datasets.Value("int32"))}))
+    return tokenized.to_dict()["input_ids"]
 
 
 class TokenizedDataset(Dataset):

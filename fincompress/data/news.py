@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fincompress.data.phrasebank import comparable
+
 _REUTERS_STORY = re.compile(r"<REUTERS\b[^>]*>(.*?)</REUTERS>", re.S)
 _TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.S)
 _BODY = re.compile(r"<BODY>(.*?)</BODY>", re.S)
@@ -175,7 +177,8 @@ def build_news_corpus(
         text_column: CSV column / JSONL field holding the text.
         min_words, max_words: length limits, in whitespace-separated words, after cleaning.
         exclude: sentences that must not appear (every PhraseBank sentence, so no evaluation
-            sentence leaks into training); compared case- and whitespace-insensitively.
+            sentence leaks into training); compared as letters and digits only
+            (:func:`~fincompress.data.phrasebank.comparable`).
         max_sentences: keep a seeded random subset of this size (None keeps all).
         split_long_items: split multi-sentence CSV/JSONL/line items into sentences.
 
@@ -200,8 +203,8 @@ def build_news_corpus(
     unique = list(dict.fromkeys(kept))
     counts["duplicates"] = len(kept) - len(unique)
     if exclude:
-        excluded = {_normalise(text) for text in exclude}
-        survivors = [t for t in unique if _normalise(t) not in excluded]
+        excluded = {comparable(text) for text in exclude}
+        survivors = [t for t in unique if comparable(t) not in excluded]
         counts["phrasebank_overlap"] = len(unique) - len(survivors)
         unique = survivors
     if max_sentences is not None and len(unique) > max_sentences:
@@ -216,16 +219,13 @@ def build_news_corpus(
 
 def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCorpus:
     """The corpus plus those of ``sentences`` it lacks, counted as ``<name>_added``."""
-    present = {_normalise(text) for text in corpus.sentences}
+    present = {comparable(text) for text in corpus.sentences}
     new = []
     for text in sentences:
-        if _normalise(text) not in present:
-            present.add(_normalise(text))
+        if comparable(text) not in present:
+            present.add(comparable(text))
             new.append(text)
     counts = {key: value for key, value in corpus.counts.items() if key != "total"}
     counts.update({f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)})
     return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)})
 
-
-def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()

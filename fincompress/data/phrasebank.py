@@ -40,6 +40,13 @@ def sentence_id(text: str) -> str:
     return "fpb-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
 
+def comparable(text: str) -> str:
+    """The text reduced to lower-case letters and digits, the form in which sentences are
+    compared to keep evaluation sentences out of training: PhraseBank's tokenised spacing
+    ("not disclosed .") and a news copy ("Not disclosed.") compare equal."""
+    return "".join(character for character in text.casefold() if character.isalnum())
+
+
 def agreement_file_name(agreement: str | int) -> str:
     key = str(agreement).lower().removesuffix("agree")
     if key not in AGREEMENT_FILES:
@@ -114,9 +121,9 @@ def unlabelled_sentences(source: str | Path, agreement: str | int,
                          held_out: list[Sentence]) -> list[str]:
     """The texts of one agreement level except ``held_out`` (the evaluation split's val and
     test sentences): in-domain text for the teacher to label, its gold labels unused."""
-    excluded = {" ".join(row.text.split()).lower() for row in held_out}
+    excluded = {comparable(row.text) for row in held_out}
     texts = dict.fromkeys(row.text for row in read_phrasebank(source, agreement))
-    return [text for text in texts if " ".join(text.split()).lower() not in excluded]
+    return [text for text in texts if comparable(text) not in excluded]
 
 
 def deduplicate(rows: list[Sentence]) -> tuple[list[Sentence], dict[str, int]]:

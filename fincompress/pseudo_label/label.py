@@ -1,11 +1,12 @@
 """Pseudo-labelling: the teacher labels unlabelled news, once, into a reusable cache.
 
 For every sentence the cache holds the teacher's logits (soft labels; hard labels are their
-argmax) and the [CLS] state of every teacher layer (what PKD distils). The cache folder is
-named by a key of the teacher's weights, the corpus and the maximum length, so any later run
-with the same teacher and corpus reuses it. A new corpus that shares sentences with earlier
-caches of the same teacher and maximum length (the same news plus PhraseBank text) copies
-their rows and labels only the new sentences. A report gives the label distribution and a
+argmax) and the [CLS] state of every teacher layer (what PKD distils). The cache is a stage of
+the store (:mod:`fincompress.store`) keyed by the teacher's files, the corpus, the labels, the
+maximum length and the inference precision, so any later run with the same teacher and corpus
+reuses it. A new corpus that shares sentences with earlier caches of the same teacher, maximum
+length and precision (the same news plus PhraseBank text) copies their rows and labels only
+the new sentences. A report gives the label distribution and a
 confidence histogram.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,10 @@ from fincompress.data.news import NewsCorpus
 from fincompress.evaluate import predict
 from fincompress.models.sources import load_classifier
 from fincompress.runs import write_json
+from fincompress.store import ensure_stage
+
+# files of a model folder that describe a run, not the model
+UNHASHED_FILES = ("checkpoint_info.json", "stage.json", "test_split.csv")
 
 log = logging.getLogger(__name__)
 
@@ -47,85 +51,90 @@ class PseudoLabels:
 
 
 def teacher_fingerprint(teacher_dir: str | Path) -> str:
-    """A hash of the teacher's weights and config: a retrained teacher gets new labels."""
+    """A hash of every file of the teacher's folder (weights in any format, config, tokenizer),
+    except its run record: a retrained teacher gets new labels."""
     digest = hashlib.sha256()
-    for path in sorted(Path(teacher_dir).glob("*.safetensors")) + [Path(teacher_dir) / "config.json"]:
+    for path in sorted(Path(teacher_dir).rglob("*")):
+        if not path.is_file() or path.name in UNHASHED_FILES:
+            continue
+        digest.update(f"{path.relative_to(teacher_dir)}\n".encode())
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
-def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, store_dir: str | Path,
+def pseudo_label_inputs(teacher_dir: str | Path, corpus: NewsCorpus, labels: list[str],
+                        max_length: int, precision: str) -> dict:
+    """What decides a pseudo-label cache: the stage store's inputs for it."""
+    return {"teacher_fingerprint": teacher_fingerprint(teacher_dir),
+            "corpus_fingerprint": corpus.fingerprint, "labels": list(labels),
+            "max_length": max_length, "precision": precision}
+
+
+def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str | Path,
                  labels: list[str], batch_size: int = 128, max_length: int = 128,
                  input_ids: list[list[int]] | None = None,
-                 teacher: tuple | None = None) -> PseudoLabels:
-    """Label ``corpus`` with the teacher, or load the cached labels for this teacher + corpus.
+                 teacher: tuple | None = None, precision: str = "32-true") -> PseudoLabels:
+    """Label ``corpus`` with the teacher, or load the stored labels for this teacher + corpus
+    (stage ``pseudo_labels`` of the store under ``output_root``).
 
     ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand;
-    ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand.
+    ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand;
+    ``precision``: the inference precision (see :func:`fincompress.evaluate.predict`).
     """
-    fingerprint = teacher_fingerprint(teacher_dir)
-    key = hashlib.sha256(f"{fingerprint}\n{corpus.fingerprint}\n{max_length}".encode()
-                         ).hexdigest()[:16]
-    folder = Path(store_dir) / key
-    if (folder / "labels.pt").is_file():
+    inputs = pseudo_label_inputs(teacher_dir, corpus, labels, max_length, precision)
+
+    def build(staging: Path) -> None:
+        logits, cls, found = labelled_before(Path(output_root), inputs, corpus.sentences)
+        missing = [i for i, copied in enumerate(found) if not copied]
+        log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
+                 len(found) - len(missing), len(found), len(missing))
+        if missing:
+            model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
+            new_logits, new_cls = predict(
+                model, tokenizer, [corpus.sentences[i] for i in missing], batch_size, max_length,
+                cls_states=True, description="pseudo-labelling news",
+                input_ids=None if input_ids is None else [input_ids[i] for i in missing],
+                precision=precision)
+            if logits is None:
+                logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
+                cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
+            logits[missing] = new_logits
+            cls[missing] = new_cls
+        torch.save({"sentences": corpus.sentences, "logits": logits, "cls": cls,
+                    "labels": labels}, staging / "labels.pt")
+        result = PseudoLabels(corpus.sentences, logits, cls, labels, staging)
+        report = label_report(result)
+        report.update(teacher=str(teacher_dir), **inputs,
+                      copied_from_earlier_caches=len(found) - len(missing),
+                      corpus_counts=corpus.counts, per_file=corpus.per_file)
+        write_json(report, staging / "report.json")
+        save_confidence_histogram(result, staging / "confidence_histogram.png")
+        log.info("pseudo-labels: %s",
+                 json.dumps({k: report[k] for k in ("sentences", "label_share")}))
+
+    folder, reused = ensure_stage(output_root, "pseudo_labels", inputs, build)
+    if reused:
         log.info("reusing pseudo-labels %s", folder)
-        return _load(folder, reused=True)
-
-    logits, cls, found = labelled_before(Path(store_dir), fingerprint, max_length, labels,
-                                         corpus.sentences)
-    missing = [i for i, copied in enumerate(found) if not copied]
-    log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
-             len(found) - len(missing), len(found), len(missing))
-    if missing:
-        model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
-        new_logits, new_cls = predict(
-            model, tokenizer, [corpus.sentences[i] for i in missing], batch_size, max_length,
-            cls_states=True, description="pseudo-labelling news",
-            input_ids=None if input_ids is None else [input_ids[i] for i in missing])
-        if logits is None:
-            logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
-            cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
-        logits[missing] = new_logits
-        cls[missing] = new_cls
-    staging = folder.with_name(f".{key}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    torch.save({"sentences": corpus.sentences, "logits": logits, "cls": cls, "labels": labels},
-               staging / "labels.pt")
-    result = PseudoLabels(corpus.sentences, logits, cls, labels, folder)
-    report = label_report(result)
-    report.update(teacher=str(teacher_dir), teacher_fingerprint=fingerprint,
-                  max_length=max_length, copied_from_earlier_caches=len(found) - len(missing),
-                  corpus_counts=corpus.counts, per_file=corpus.per_file)
-    write_json(report, staging / "report.json")
-    save_confidence_histogram(result, staging / "confidence_histogram.png")
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    log.info("pseudo-labels: %s", json.dumps({k: report[k] for k in ("sentences", "label_share")}))
-    return result
+    return load_pseudo_labels(folder, reused)
 
 
-def labelled_before(store_dir: Path, fingerprint: str, max_length: int, labels: list[str],
-                    sentences: list[str]):
-    """Rows of earlier caches (same teacher weights, maximum length and label order) for
-    ``sentences``.
+def labelled_before(output_root: Path, inputs: dict, sentences: list[str]):
+    """Rows for ``sentences`` from earlier caches made with the same teacher, labels, maximum
+    length and precision (``inputs`` as from :func:`pseudo_label_inputs`).
 
     Returns ``logits`` (N, classes) and ``cls`` (N, layers + 1, hidden) with the found rows
-    filled (both None when nothing was found), and ``found``, one bool per sentence. Caches
-    written before reports named their teacher fingerprint are not consulted.
+    filled (both None when nothing was found), and ``found``, one bool per sentence.
     """
+    same = ("teacher_fingerprint", "labels", "max_length", "precision")
     found = [False] * len(sentences)
     logits = cls = None
-    for report_path in sorted(store_dir.glob("[!.]*/report.json")):
+    for report_path in sorted((output_root / "stages" / "pseudo_labels").glob("[!.]*/report.json")):
         report = json.loads(report_path.read_text())
-        if (report.get("teacher_fingerprint") != fingerprint
-                or report.get("max_length") != max_length):
+        if any(report.get(name) != inputs[name] for name in same):
             continue
         data = torch.load(report_path.parent / "labels.pt", mmap=True)
-        if data["labels"] != labels:
-            continue
         row_of = {sentence: row for row, sentence in enumerate(data["sentences"])}
         targets = [i for i, sentence in enumerate(sentences) if not found[i] and sentence in row_of]
         if not targets:
@@ -143,8 +152,10 @@ def labelled_before(store_dir: Path, fingerprint: str, max_length: int, labels: 
     return logits, cls, found
 
 
-def _load(folder: Path, reused: bool) -> PseudoLabels:
-    data = torch.load(folder / "labels.pt")
+def load_pseudo_labels(folder: Path, reused: bool = True) -> PseudoLabels:
+    """A stored cache; the [CLS] states stay memory-mapped (1.8 GB for 90k MPNet sentences),
+    so only the layers a method reads are ever copied into memory."""
+    data = torch.load(folder / "labels.pt", mmap=True)
     return PseudoLabels(data["sentences"], data["logits"], data["cls"], data["labels"], folder,
                         reused)
 

@@ -17,7 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from fincompress.metrics import save_confusion_matrices
 from fincompress.module import ClassifierModule
-from fincompress.runs import best_score, build_trainer, config_hash, save_model_folder
+from fincompress.runs import (
+    best_score,
+    build_trainer,
+    choose_precision,
+    config_hash,
+    save_model_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,7 @@ log = logging.getLogger(__name__)
 def train_teacher(cfg: DictConfig) -> dict:
     """Fine-tune, test the best epoch, export. Returns the ``checkpoint_info`` dict."""
     started = time.perf_counter()
+    machine = choose_precision(cfg)
     L.seed_everything(cfg.seed, workers=True)
     labels = list(cfg.data.labels)
     model, tokenizer = instantiate(cfg.teacher.model)
@@ -56,6 +63,7 @@ def train_teacher(cfg: DictConfig) -> dict:
         "split_hash": datamodule.info["split_hash"],
         "config_hash": config_hash(cfg.teacher, cfg.data, cfg.trainer, cfg.seed),
         "epochs_run": trainer.current_epoch,
+        "machine": machine,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "config": OmegaConf.to_container(cfg, resolve=True),
     })
@@ -75,6 +83,6 @@ def format_report(info: dict, output_dir: Path) -> str:
         f"  test accuracy {metrics['test/acc']:.4f}   test macro-F1 {metrics['test/f1_macro']:.4f}\n"
         f"  per-class F1: {per_class}\n"
         f"  {info['parameters'] / 1e6:.1f}M parameters, {info['size_on_disk_bytes'] / 2**20:.0f} MiB, "
-        f"{info['wall_time_s']:.0f} s\n"
+        f"{info['wall_time_s']:.0f} s, {info['machine']['precision']} on {info['machine']['cpu']}\n"
         f"  saved: {output_dir / 'model'}\n"
     )

@@ -1,0 +1,84 @@
+"""Precision by machine: bf16 only where the CPU runs it natively, fp32 elsewhere."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fincompress.evaluate import predict
+from fincompress.hardware import ISA_FLAGS, autocast_dtype, cpu_info, native_bf16, resolve_precision
+
+ZEN3 = {"cpu": "AMD EPYC 7B13", "isa": ["avx2", "fma"], "torch_cpu_capability": "AVX2",
+        "onednn_max_cpu_isa": None}
+SAPPHIRE_RAPIDS = {"cpu": "Intel Xeon Platinum 8481C", "isa": ["avx2", "fma", "avx512f",
+                   "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"],
+                   "torch_cpu_capability": "AVX512", "onednn_max_cpu_isa": None}
+
+
+def test_bf16_only_where_the_cpu_has_it():
+    assert native_bf16(SAPPHIRE_RAPIDS) == (True, "Intel Xeon Platinum 8481C runs bf16 natively "
+                                                  "(avx512_bf16)")
+    native, reason = native_bf16(ZEN3)
+    assert not native and "no native bf16" in reason and "AMD EPYC 7B13" in reason
+    capped = {**SAPPHIRE_RAPIDS, "onednn_max_cpu_isa": "AVX2"}
+    native, reason = native_bf16(capped)
+    assert not native and "ONEDNN_MAX_CPU_ISA=AVX2" in reason
+    native, _ = native_bf16({**SAPPHIRE_RAPIDS, "torch_cpu_capability": "AVX2"})
+    assert not native
+
+
+def test_unreadable_flags_fall_back_to_a_probe(monkeypatch):
+    from fincompress import hardware
+
+    unknown = {**ZEN3, "isa": None}
+    monkeypatch.setattr(hardware, "matmul_probe", lambda: (50.0, 200.0))
+    assert native_bf16(unknown)[0]
+    monkeypatch.setattr(hardware, "matmul_probe", lambda: (50.0, 6.0))
+    native, reason = native_bf16(unknown)
+    assert not native and "probe" in reason
+
+
+def test_an_explicit_precision_wins():
+    assert resolve_precision("bf16-mixed") == ("bf16-mixed", "trainer.precision=bf16-mixed set explicitly")
+    assert resolve_precision("32-true")[0] == "32-true"
+    assert resolve_precision("auto")[0] in ("32-true", "bf16-mixed")
+    assert autocast_dtype("bf16-mixed") is torch.bfloat16 and autocast_dtype("32-true") is None
+
+
+def test_emulated_avx2_machine_chooses_fp32():
+    """What a user gets on an AVX2-only CPU, emulated on any CPU."""
+    code = ("from fincompress.hardware import resolve_precision, cpu_info; "
+            "print(resolve_precision('auto')[0], cpu_info()['torch_cpu_capability'])")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["32-true", "AVX2"]
+
+
+def test_machine_record_names_the_cpu():
+    info = cpu_info()
+    assert info["cpu"] and info["cores"] >= 1 and info["torch_threads"] >= 1
+    if sys.platform == "linux" and os.uname().machine == "x86_64":  # every machine here has AVX2
+        assert "avx2" in info["isa"] and set(info["isa"]) <= set(ISA_FLAGS)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_inference_follows_the_precision(precision, minilm_tokenizer):
+    from fincompress.models.sources import load_classifier
+
+    model, tokenizer = load_classifier("bundled:minilm-l6", ["a", "b", "c"], random_init=True,
+                                       config_overrides={"num_hidden_layers": 2, "hidden_size": 32,
+                                                         "num_attention_heads": 2,
+                                                         "intermediate_size": 64})
+    texts = ["Operating profit rose to EUR 13.1 mn .", "Sales fell ."]
+    logits, _ = predict(model, tokenizer, texts, precision=precision)
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        fp32 = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if precision == "32-true":
+        torch.testing.assert_close(logits, fp32, atol=1e-5, rtol=1e-5)
+    else:  # bf16 rounding shows, but the numbers are the same model's
+        assert not torch.equal(logits, fp32)
+        torch.testing.assert_close(logits, fp32, atol=0.1, rtol=0.1)

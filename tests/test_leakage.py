@@ -1,0 +1,41 @@
+"""No evaluation sentence reaches training, on the real data: not through the news, not
+through the PhraseBank transfer text, not through its augmented variants. Sentences are
+compared as letters and digits, so "Financial terms were not disclosed ." (PhraseBank's
+spacing) and "Financial terms were not disclosed." (a news copy) are the same sentence."""
+
+from hydra.utils import instantiate
+
+from fincompress.data.news import add_sentences, build_news_corpus
+from fincompress.data.phrasebank import comparable, read_phrasebank
+from fincompress.models.sources import load_classifier
+from fincompress.pipeline import transfer_sentences
+
+from .conftest import compose_config
+
+# the main job's transfer text, with one augmented variant of each sentence
+OVERRIDES = ["distill.pseudo_label.add_phrasebank=50",
+             "distill.pseudo_label.augment.variants_per_sentence=1"]
+
+
+def test_no_val_or_test_sentence_is_among_the_training_sentences(tmp_path, data_dir):
+    cfg = compose_config(OVERRIDES, tmp_path)
+    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
+    split.prepare_splits()
+    held_out = {comparable(row.text) for row in split.splits["val"] + split.splits["test"]}
+    assert len(held_out) == 678
+
+    news_sources = [str(data_dir / "news")]
+    unfiltered = build_news_corpus(news_sources).sentences
+    copies = [text for text in unfiltered if comparable(text) in held_out]
+    assert "Financial terms were not disclosed." in copies  # the news does hold such copies
+
+    phrasebank = [row.text for row in read_phrasebank(cfg.news.exclude_phrasebank, "50")]
+    corpus = build_news_corpus(news_sources, exclude=phrasebank)  # every news sentence
+    model, tokenizer = load_classifier("bundled:minilm-l6", list(cfg.data.labels))
+    extra = transfer_sentences(cfg, model, tokenizer)
+    assert len(extra["phrasebank"]) > 4000 and len(extra["augmented"]) > 3000
+    for name, sentences in extra.items():
+        corpus = add_sentences(corpus, sentences, name)
+    training = {comparable(text) for text in corpus.sentences}
+    assert len(training) > 140_000
+    assert not held_out & training

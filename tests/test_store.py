@@ -1,0 +1,76 @@
+"""The stage store: reuse by key, nothing half-written, one builder per key at a time."""
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+
+from fincompress.store import ensure_stage, stage_key, stored_stage
+
+
+def write_answer(staging: Path) -> None:
+    (staging / "answer.txt").write_text("42")
+
+
+def test_a_stage_is_built_once_then_reused(tmp_path):
+    inputs = {"teacher": {"lr": 5e-5}, "seed": 42}
+    folder, reused = ensure_stage(tmp_path, "teacher", inputs, write_answer)
+    assert not reused and (folder / "answer.txt").read_text() == "42"
+    assert folder == tmp_path / "stages" / "teacher" / stage_key(inputs)
+    record = json.loads((folder / "stage.json").read_text())
+    assert record["inputs"] == inputs and record["stage"] == "teacher"
+
+    def never(staging):
+        raise AssertionError("rebuilt")
+
+    assert ensure_stage(tmp_path, "teacher", inputs, never) == (folder, True)
+    assert stored_stage(tmp_path, "teacher", inputs) == folder
+    assert stored_stage(tmp_path, "teacher", {**inputs, "seed": 7}) is None
+
+
+def test_every_input_changes_the_key():
+    base = {"teacher": {"lr": 5e-5, "epochs": 4}, "data": {"batch_size": 16}, "seed": 42}
+    keys = {stage_key(base), stage_key({**base, "seed": 7}),
+            stage_key({**base, "data": {"batch_size": 32}}),
+            stage_key({**base, "teacher": {"lr": 5e-5, "epochs": 5}})}
+    assert len(keys) == 4
+    assert stage_key(dict(reversed(list(base.items())))) == stage_key(base)
+
+
+def test_a_failed_build_leaves_nothing_and_an_interrupted_one_is_cleaned(tmp_path):
+    def crash(staging):
+        (staging / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-stage")
+
+    with pytest.raises(RuntimeError, match="killed mid-stage"):
+        ensure_stage(tmp_path, "stage1", {"a": 1}, crash)
+    stage_dir = tmp_path / "stages" / "stage1"
+    assert list(stage_dir.iterdir()) == []
+    # what kill -9 leaves: a staging folder nobody removed
+    stale = stage_dir / f".{stage_key({'a': 1})}.deadbeef.partial"
+    stale.mkdir()
+    folder, reused = ensure_stage(tmp_path, "stage1", {"a": 1}, write_answer)
+    assert not reused and not stale.exists() and [p.name for p in stage_dir.iterdir()] == [folder.name]
+
+
+def _build_slowly(root: str, log: str) -> str:
+    def build(staging):
+        with open(log, "a") as f:
+            f.write("built\n")
+        time.sleep(1.0)
+        write_answer(staging)
+
+    folder, _ = ensure_stage(root, "pseudo_labels", {"corpus": "news"}, build)
+    return str(folder)
+
+
+def test_two_runs_at_once_build_a_key_once(tmp_path):
+    log = tmp_path / "builds.log"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        folders = pool.starmap(_build_slowly, [(str(tmp_path), str(log))] * 2)
+    assert folders[0] == folders[1]
+    assert log.read_text() == "built\n"
+    assert (Path(folders[0]) / "answer.txt").read_text() == "42"
