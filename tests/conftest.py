@@ -21,8 +21,10 @@ DATA_DIR = Path(os.environ.get("FINCOMPRESS_DATA", ROOT.parent / "shared" / "dat
 PHRASEBANK_DIR = DATA_DIR / "financial_phrasebank"
 NEWS_DIR = DATA_DIR / "news"
 
-# Settings that make any experiment tiny: random 2-layer model, a few sentences per split.
-TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1"]
+# Settings that make any experiment tiny: random 4-layer teacher, a few sentences per split, one
+# epoch, no PhraseBank transfer text.
+TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1",
+        "distill.pseudo_label.add_phrasebank=null"]
 
 
 @pytest.fixture(scope="session")

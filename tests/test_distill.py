@@ -113,6 +113,7 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert info["method"] == saved["method"] and info["split_hash"] == saved["split_hash"]
     assert info["machine"]["precision"] in ("32-true", "bf16-mixed")
     assert saved["machine"]["isa"] == info["machine"]["isa"]
+    assert saved["teacher_split_unknown"] is False  # the teacher trained here records its split
     assert (student / "test_split.csv").read_text().count("\n") == 49
 
     # the saved scores are those of the saved models on the saved test split
@@ -303,7 +304,8 @@ def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_
     from fincompress.data.datamodule import NewsDataModule
     from fincompress.pipeline import phrasebank_transfer
 
-    assert phrasebank_transfer(compose_config([], tmp_path)) is None  # off by default
+    assert phrasebank_transfer(compose_config(["distill.pseudo_label.add_phrasebank=null"],
+                                              tmp_path)) is None
     cfg = compose_config(["distill.pseudo_label.add_phrasebank=50"], tmp_path)
     added = phrasebank_transfer(cfg)
     split = instantiate(cfg.data, tokenizer=None, split_dir=None)
@@ -335,3 +337,19 @@ def test_frozen_teacher_stays_in_eval_mode_when_lightning_switches_to_training(t
     module.train()  # what Lightning's fit loop does at the start of training
     assert module.model.training and not module.teacher.training
     assert not any(m.training for m in module.teacher.modules())
+
+
+def test_an_outside_teacher_is_flagged_as_possibly_trained_on_the_test_split(tiny_pair, tmp_path,
+                                                                              data_dir, capsys):
+    """A teacher with no recorded split (like ProsusAI/finbert, fine-tuned on PhraseBank)."""
+    teacher, tokenizer = tiny_pair
+    outside = tmp_path / "outside-teacher"
+    teacher.save_pretrained(outside)
+    tokenizer.save_pretrained(outside)
+    cfg = compose_config(["+experiment=fresh", *DISTILL_TINY, f"teacher_checkpoint={outside}"],
+                         tmp_path)
+    result = run_distill(cfg)
+    assert result["teacher_split_unknown"]
+    assert "WARNING: the teacher" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["teacher_split_unknown"] is True

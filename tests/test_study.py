@@ -41,3 +41,17 @@ def test_study_rejects_unknown_methods(tmp_path):
                              "kd_t4", "--output-root", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown methods ['kd_t4']" in result.stderr
+
+
+def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_dir):
+    """TinyBERT runs the teacher on the student's tokens, so it cannot train a student on another
+    tokenizer (here MPNet's, beside the teacher's MiniLM one)."""
+    result = subprocess.run(
+        [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "tinybert",
+         "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120", "student=tiny",
+         "student.model.tokenizer_source=bundled:mpnet-base", f"paths.data_dir={DATA_DIR}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "tinybert: skipped: method tinybert runs the teacher on the student's tokens" in result.stdout
+    rows = json.loads((tmp_path / "study" / "tiny" / "study.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["model"].startswith("tinybert (skipped: method tinybert")
