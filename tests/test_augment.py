@@ -95,12 +95,15 @@ def test_augmented_transfer_text_leaves_out_val_and_test(tmp_path, data_dir, min
 
 def test_augmentation_needs_phrasebank_transfer_text_and_changes_the_stage1_key(tmp_path,
                                                                               minilm_tokenizer):
-    cfg = compose_config(["distill.pseudo_label.augment.variants_per_sentence=4"], tmp_path)
+    news_only = "distill.pseudo_label.add_phrasebank=null"
+    cfg = compose_config(["distill.pseudo_label.augment.variants_per_sentence=4", news_only],
+                         tmp_path)
     with pytest.raises(ValueError, match="add_phrasebank is null"):
         transfer_sentences(cfg, None, minilm_tokenizer)
-    assert transfer_sentences(compose_config([], tmp_path), None, minilm_tokenizer) == {}
+    assert transfer_sentences(compose_config([news_only], tmp_path), None, minilm_tokenizer) == {}
 
-    off = compose_config(["distill.pseudo_label.add_phrasebank=50"], tmp_path)
-    # off, the settings are those hashed before augmentation existed: stored students stay valid
+    cfg = compose_config(["distill.pseudo_label.augment.variants_per_sentence=4"], tmp_path)
+    off = compose_config([], tmp_path)
+    # off, the settings are those hashed before augmentation existed
     assert "augment" not in _pseudo_label_settings(off)
     assert _pseudo_label_settings(cfg)["augment"]["variants_per_sentence"] == 4
