@@ -8,9 +8,10 @@ import hydra
 from omegaconf import DictConfig
 
 from fincompress.pipeline import StudentMismatchError, run_distill
+from fincompress.stages.prune import run_prune
 from fincompress.teacher.train import train_teacher
 
-TASKS = {"teacher": train_teacher, "distill": run_distill}
+TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from fincompress.compress.prune import CONFIG_KEY as PRUNING_KEY
+from fincompress.compress.prune import rebuild_pruned
+
 
 @dataclass(frozen=True)
 class BundledSplitZip:
@@ -192,6 +195,13 @@ def load_classifier(
     if random_init:
         _set_labels(config, labels)
         model = AutoModelForSequenceClassification.from_config(config, **extra)
+    elif getattr(config, PRUNING_KEY, None):
+        model = load_pruned(path, config, extra)
+        if source_labels and sorted(source_labels) == sorted(labels):
+            reorder_label_head(model, [source_labels.index(label) for label in labels])
+            _set_labels(model.config, labels)
+        else:
+            raise ValueError(f"{source} classifies {source_labels}, not the data's labels {labels}")
     elif source_labels and sorted(source_labels) == sorted(labels):
         # A trained head with the same classes: keep it, reorder its rows by name.
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **extra)
@@ -205,6 +215,21 @@ def load_classifier(
         _set_labels(config, labels)
         model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **extra)
     return model, tokenizer
+
+
+def load_pruned(path: str, config, extra: dict):
+    """A pruned model: ``from_pretrained`` fails on its changed shapes, so build the full model
+    from config, give it the recorded shapes, then load the weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} is a pruned model but has no model.safetensors")
+    model = AutoModelForSequenceClassification.from_config(config, **extra)
+    rebuild_pruned(model)
+    model.load_state_dict(load_file(weights), strict=True)
+    return model.eval()
 
 
 def _head_labels(config) -> list[str] | None:

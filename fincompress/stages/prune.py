@@ -1,0 +1,211 @@
+"""The prune -> recover stage behind ``python train.py +experiment=prune``.
+
+Iterative global pruning (Michel et al. 2019): each round scores every remaining attention head
+and FFN neuron (gate-gradient importance, or attention entropy for heads), removes the
+lowest-scoring share of what the target still needs, then recovers with KD fine-tuning
+against the unpruned model (its logits on the PhraseBank training sentences) and keeps the
+best epoch on validation. Removed units are gone from the model, so they are never selected
+again. Every round's model is a stored stage (``outputs/stages/prune/<key>/model``) that loads
+with :func:`fincompress.models.sources.load_classifier`. The run scores the source and every
+round on the test split and times them side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from fincompress.compress.importance import attention_entropy, gate_importance, lowest
+from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, pruning_record
+from fincompress.data.datamodule import LengthGroupedBatchSampler, TokenizedDataset, pad_collate
+from fincompress.data.phrasebank import read_split_file
+from fincompress.distill.kd import KDLoss
+from fincompress.evaluate import diagnostics, predict
+from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
+from fincompress.module import ClassifierModule
+from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
+from fincompress.pseudo_label.label import teacher_fingerprint
+from fincompress.runs import (
+    best_score,
+    build_trainer,
+    choose_precision,
+    load_best_weights,
+    save_model_folder,
+    stage_config,
+    write_json,
+)
+from fincompress.store import ensure_stage
+
+
+def check_targets(prune: DictConfig) -> None:
+    for name in ("heads", "ffn"):
+        share = prune[name]
+        if not 0 <= share < 1:
+            raise ValueError(f"prune.{name}={share}: the share of {name} to remove must be at least "
+                             "0 and below 1 (0.3 removes 30%); 1 or more would remove everything")
+    if prune.heads == 0 and prune.ffn == 0:
+        raise ValueError("prune.heads and prune.ffn are both 0: nothing to prune; set e.g. "
+                         "prune.heads=0.3")
+    if prune.rounds < 1:
+        raise ValueError(f"prune.rounds={prune.rounds}: must be at least 1")
+    if prune.importance not in ("gate", "entropy"):
+        raise ValueError(f"prune.importance={prune.importance!r}: use gate or entropy")
+
+
+def run_prune(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    check_targets(cfg.prune)
+    machine = choose_precision(cfg)
+    labels = list(cfg.data.labels)
+    source_dir = ensure_teacher(cfg) if cfg.prune.source is None else Path(cfg.prune.source)
+    source, tokenizer = load_classifier(str(source_dir), labels)
+    layer_parts(source)  # fails early, naming the model type, if pruning does not support it
+    output_dir = Path(cfg.paths.output_dir)
+    phrasebank = instantiate(stage_config(cfg, output_dir).data, tokenizer=tokenizer)
+    phrasebank.setup()
+    train = phrasebank.datasets["train"]
+    source_logits = predict(source, tokenizer, [], input_ids=train.input_ids,
+                            precision=cfg.trainer.precision)[0]
+
+    heads_total = source.config.num_hidden_layers * source.config.num_attention_heads
+    neurons_total = source.config.num_hidden_layers * source.config.intermediate_size
+    previous, rounds = source_dir, []
+    for round_number in range(1, cfg.prune.rounds + 1):
+        inputs = {"source": teacher_fingerprint(source_dir), "prune": cfg.prune,
+                  "round": round_number, "data": _data_settings(cfg), "seed": cfg.seed,
+                  "trainer": _trainer_settings(cfg)}
+        targets = (round(cfg.prune.heads * heads_total * round_number / cfg.prune.rounds),
+                   round(cfg.prune.ffn * neurons_total * round_number / cfg.prune.rounds))
+
+        def build(staging: Path, previous=previous, round_number=round_number, targets=targets):
+            model, _ = load_classifier(str(previous), labels)
+            removed = prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total)
+            best_val = recover(cfg, model, tokenizer, phrasebank, source_logits, staging)
+            save_model_folder(model, tokenizer, staging / "model", {
+                "stage": "prune", "source": str(source_dir), "round": round_number,
+                "from": str(previous), "removed_this_round": removed,
+                "heads_removed": heads_total - _heads(model),
+                "ffn_neurons_removed": neurons_total - _neurons(model),
+                "best_val_f1_macro": best_val, "labels": labels, "machine": machine,
+                "prune": OmegaConf.to_container(cfg.prune, resolve=True)})
+
+        folder, reused = ensure_stage(cfg.paths.output_root, "prune", inputs, build)
+        print(f"{'reusing' if reused else 'stored'} pruning round {round_number}: {folder / 'model'}")
+        previous = folder / "model"
+        rounds.append(previous)
+
+    result = score(cfg, source_dir, rounds, labels, output_dir, machine)
+    result["wall_time_s"] = round(time.perf_counter() - started, 1)
+    write_json(result, output_dir / "results.json")
+    print(table(result))
+    final = result["models"][-1]
+    return {"metrics": {"test/f1_macro": final["f1_macro"]}, **result}
+
+
+def _heads(model) -> int:
+    return sum(map(len, pruning_record(model)["kept_heads"].values()))
+
+
+def _neurons(model) -> int:
+    return sum(pruning_record(model)["intermediate_sizes"].values())
+
+
+def prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total) -> dict:
+    """Remove what the round's targets (total heads, total neurons removed so far) still need,
+    lowest importance first, over all layers at once."""
+    heads_to_remove = targets[0] - (heads_total - _heads(model))
+    neurons_to_remove = targets[1] - (neurons_total - _neurons(model))
+    batches = list(phrasebank.train_dataloader())
+    if cfg.prune.importance_sentences:
+        batches = batches[:max(1, cfg.prune.importance_sentences // phrasebank.batch_size)]
+    head_scores, neuron_scores = gate_importance(model, batches)
+    if cfg.prune.importance == "entropy":  # diffuse heads go first
+        model.set_attn_implementation("eager")
+        head_scores = -attention_entropy(model, batches)
+        model.set_attn_implementation("sdpa")
+    removed = {"heads": {}, "ffn_neurons": 0}
+    if heads_to_remove > 0:
+        kept = pruning_record(model)["kept_heads"]
+        positions = lowest(head_scores, heads_to_remove)
+        heads = {layer: [kept[layer][p] for p in chosen] for layer, chosen in positions.items()}
+        prune_heads(model, heads)
+        removed["heads"] = heads
+    if neurons_to_remove > 0:
+        prune_ffn(model, lowest(neuron_scores, neurons_to_remove))
+        removed["ffn_neurons"] = neurons_to_remove
+    return removed
+
+
+def recover(cfg, model, tokenizer, phrasebank, source_logits, folder: Path) -> float | None:
+    """KD fine-tuning on the PhraseBank training sentences against the unpruned model's logits
+    (plus CE on gold labels); the best epoch on validation macro-F1 is kept."""
+    stage = stage_config(cfg, folder, max_epochs=cfg.prune.recover.epochs)
+    L.seed_everything(cfg.seed, workers=True)
+    train = phrasebank.datasets["train"]
+    dataset = TokenizedDataset(train.input_ids, train.labels, {"teacher_logits": source_logits})
+    loader = DataLoader(dataset, collate_fn=pad_collate(tokenizer.pad_token_id),
+                        batch_sampler=LengthGroupedBatchSampler(dataset.lengths,
+                                                                phrasebank.batch_size, True,
+                                                                cfg.seed))
+    module = ClassifierModule(model, list(cfg.data.labels), instantiate(cfg.prune.recover.optimizer),
+                              instantiate(cfg.prune.recover.scheduler),
+                              loss=KDLoss(cfg.prune.recover.temperature, cfg.prune.recover.alpha))
+    trainer = build_trainer(stage, prefix="recover")
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=phrasebank.val_dataloader())
+    load_best_weights(trainer, module)
+    return best_score(trainer)
+
+
+def score(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
+          machine: dict) -> dict:
+    """Test diagnostics of the source and every round, and their batch-32 throughput measured
+    interleaved (each model timed once per repeat, in turn), as ratios to the source."""
+    test_rows = read_split_file(output_dir / "split" / "test.csv")
+    texts = [row.text for row in test_rows]
+    gold = torch.tensor([labels.index(row.label) for row in test_rows])
+    folders = [source_dir, *rounds]
+    models = [load_classifier(str(folder), labels) for folder in folders]
+    precision = cfg.trainer.precision
+    logits = [predict(m, t, texts, batch_size=32, precision=precision)[0] for m, t in models]
+    seconds = [[] for _ in models]
+    for _ in range(cfg.prune.timing_repeats):
+        for index, (model, tokenizer) in enumerate(models):
+            clock = time.perf_counter()
+            predict(model, tokenizer, texts, batch_size=32, precision=precision)
+            seconds[index].append(time.perf_counter() - clock)
+    rows = []
+    for index, (folder, (model, _)) in enumerate(zip(folders, models)):
+        scores = diagnostics(logits[index], gold, labels, logits[0])
+        best = min(seconds[index])
+        rows.append({
+            "model": "source" if index == 0 else f"round {index}",
+            "dir": str(folder),
+            "heads": _heads(model), "ffn_neurons": _neurons(model),
+            "parameters": count_parameters(model),
+            "size_bytes": folder_size_bytes(folder),
+            "sentences_per_s": round(len(texts) / best, 1),
+            "speedup": round(min(seconds[0]) / best, 3),
+            **{k: v for k, v in scores.items() if k != "confusion_matrix"},
+        })
+    return {"machine": machine, "test_size": len(texts), "models": rows,
+            "prune": OmegaConf.to_container(cfg.prune, resolve=True)}
+
+
+def table(result: dict) -> str:
+    header = (f"{'model':10}{'heads':>7}{'ffn':>8}{'params':>9}{'sent/s':>9}{'speedup':>9}"
+              f"{'acc':>8}{'f1_macro':>10}{'agree':>8}")
+    lines = [header] + [
+        f"{r['model']:10}{r['heads']:>7}{r['ffn_neurons']:>8}{r['parameters'] / 1e6:>8.1f}M"
+        f"{r['sentences_per_s']:>9.1f}{r['speedup']:>8.2f}x{r['acc']:>8.4f}{r['f1_macro']:>10.4f}"
+        f"{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
+    machine = result["machine"]
+    return (f"\nPruning, PhraseBank test split ({result['test_size']} sentences); batch-32 "
+            f"throughput, best of {result['prune']['timing_repeats']} interleaved runs, "
+            f"{machine['cpu']}, {machine['torch_threads']} threads, {machine['precision']}\n"
+            + "\n".join(lines) + "\n")

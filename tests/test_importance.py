@@ -1,0 +1,55 @@
+"""Importance scores rank a head that contributes nothing last, never pick removed units."""
+
+import math
+
+import pytest
+import torch
+
+from fincompress.compress.importance import attention_entropy, gate_importance, lowest
+from fincompress.compress.prune import layer_parts, prune_heads
+
+from .test_prune import HEAD_SIZE, batch, tiny
+
+
+def batches():
+    data = batch()
+    return [{**data, "labels": torch.tensor([0, 1, 2])}] * 2
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet"])
+def test_a_head_that_adds_nothing_has_zero_gate_importance(model_type):
+    model = tiny(model_type)
+    with torch.no_grad():  # head 2 of layer 1 no longer reaches the output
+        layer_parts(model)[1].attention_output.weight[:, 2 * HEAD_SIZE:3 * HEAD_SIZE] = 0
+    heads, neurons = gate_importance(model, batches())
+    assert heads.shape == (3, 4) and neurons.shape == (3, 48)
+    assert heads[1, 2] == 0 and (heads.flatten() > 0).sum() == 11
+    assert lowest(heads, 1) == {1: [2]}
+    torch.testing.assert_close(heads.norm(dim=1), torch.ones(3))  # normalised per layer
+
+
+def test_removed_heads_are_absent_from_the_scores_and_never_chosen():
+    model = tiny("bert")
+    prune_heads(model, {0: [0, 1, 2, 3], 2: [1]})
+    heads, _ = gate_importance(model, batches())
+    assert heads[0].isnan().all() and heads[2, 3].isnan() and not heads[1].isnan().any()
+    chosen = lowest(heads, 7)
+    assert 0 not in chosen and sum(map(len, chosen.values())) == 7
+    with pytest.raises(ValueError, match="only 7 remain"):
+        lowest(heads, 8)
+    with pytest.raises(ValueError, match="at least one batch"):
+        gate_importance(model, [])
+
+
+def test_a_uniform_head_has_the_highest_entropy():
+    model = tiny("bert")
+    model.set_attn_implementation("eager")
+    with torch.no_grad():  # equal scores: attention uniform over the real tokens
+        layer_parts(model)[0].query.weight[HEAD_SIZE:2 * HEAD_SIZE] = 0
+        layer_parts(model)[0].query.bias[HEAD_SIZE:2 * HEAD_SIZE] = 0
+    entropy = attention_entropy(model, batches())
+    data = batch()
+    lengths = data["attention_mask"].sum(1).tolist()  # each real token attends over its row
+    uniform = sum(n * math.log(n) for n in lengths) / sum(lengths)
+    assert entropy[0, 1].item() == pytest.approx(uniform, rel=1e-5)
+    assert entropy.argmax().item() == 1
