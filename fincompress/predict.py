@@ -1,0 +1,93 @@
+"""One predictor interface for every artifact the project writes.
+
+:func:`load` opens a folder: a Hugging Face model (fp32, or pruned; run in bf16 where the CPU
+has it natively, see :mod:`fincompress.hardware`) or an OpenVINO IR (``model.xml``, fp32 or
+INT8). Every predictor turns texts into logits in length-sorted batches padded to their own
+longest sentence, so scoring and timing treat every engine alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fincompress.data.datamodule import LengthGroupedBatchSampler, pad_collate
+from fincompress.evaluate import predict
+
+
+class TorchPredictor:
+    """A Hugging Face folder run by PyTorch (eager)."""
+
+    engine = "torch"
+
+    def __init__(self, folder: str | Path, labels: list[str], precision: str = "auto"):
+        from fincompress.models.sources import load_classifier
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.precision = precision
+        self.model, self.tokenizer = load_classifier(str(folder), self.labels)
+        self.model.eval()
+
+    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+        """(N, classes) float32, in input order."""
+        return predict(self.model, self.tokenizer, texts, batch_size, max_length,
+                       precision=self.precision)[0]
+
+
+class OpenVINOPredictor:
+    """An OpenVINO IR folder (``model.xml`` + tokenizer) compiled for the CPU."""
+
+    engine = "openvino"
+
+    def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
+        import openvino as ov
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        self.compiled = ov.Core().compile_model(self.folder / "model.xml", "CPU", config)
+
+    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+        input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        collate = pad_collate(self.tokenizer.pad_token_id)
+        sampler = LengthGroupedBatchSampler([len(ids) for ids in input_ids], batch_size,
+                                            shuffle=False)
+        logits = torch.empty(len(input_ids), len(self.labels))
+        for indices in sampler:
+            batch = collate([{"input_ids": input_ids[i], "index": i} for i in indices])
+            output = self.compiled({"input_ids": batch["input_ids"].numpy(),
+                                    "attention_mask": batch["attention_mask"].numpy()})[0]
+            logits[batch["index"]] = torch.from_numpy(output).float()
+        return logits
+
+
+def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto"):
+    """The predictor for an artifact folder: OpenVINO IR if it has ``model.xml``, else a Hugging
+    Face folder. ``labels`` default to those recorded in the folder."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    labels = labels or recorded_labels(folder)
+    if (folder / "model.xml").is_file():
+        return OpenVINOPredictor(folder, labels)
+    if (folder / "config.json").is_file():
+        return TorchPredictor(folder, labels, precision)
+    raise FileNotFoundError(f"{folder} holds no model: expected config.json (a Hugging Face "
+                            "folder) or model.xml (an OpenVINO IR)")
+
+
+def recorded_labels(folder: Path) -> list[str]:
+    for name in ("checkpoint_info.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if name == "checkpoint_info.json" and data.get("labels"):
+                return list(data["labels"])
+            if name == "config.json" and data.get("id2label"):
+                return [data["id2label"][str(i)] for i in range(len(data["id2label"]))]
+    raise FileNotFoundError(f"{folder} records no labels (checkpoint_info.json or config.json)")
