@@ -119,5 +119,7 @@ def comparison_table(result: dict) -> str:
         f"{r['latency_ms_batch1_p50']:>8.2f}{r['acc']:>8.4f}{r['f1_macro']:>10.4f}"
         f"{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
     machine = result["machine"]
+    isa = ",".join(machine["isa"] or [])
     return (f"\nPhraseBank test split ({result['test_size']} sentences), agreement with the first "
-            f"row; {machine['cpu']}, {machine['torch_threads']} threads, ISA {','.join(machine['isa'] or [])}\n" + "\n".join(lines) + "\n")
+            f"row; {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}\n"
+            + "\n".join(lines) + "\n")
