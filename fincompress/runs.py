@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -69,13 +68,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit + ("-dirty" if dirty else "")
-
-
-def config_hash(*nodes) -> str:
-    """A fingerprint of the config nodes that determine an artifact (for reuse checks)."""
-    text = json.dumps([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n
-                       for n in nodes], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_json(data: dict, path: str | Path) -> Path:

@@ -21,9 +21,9 @@ from fincompress.runs import (
     best_score,
     build_trainer,
     choose_precision,
-    config_hash,
     save_model_folder,
 )
+from fincompress.store import stage_key
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def train_teacher(cfg: DictConfig) -> dict:
         "confusion_matrix": results["confusion_matrix"],
         "data": datamodule.info,
         "split_hash": datamodule.info["split_hash"],
-        "config_hash": config_hash(cfg.teacher, cfg.data, cfg.trainer, cfg.seed),
+        "config_hash": stage_key({"teacher": cfg.teacher, "data": cfg.data,
+                                  "trainer": cfg.trainer, "seed": cfg.seed}),
         "epochs_run": trainer.current_epoch,
         "machine": machine,
         "wall_time_s": round(time.perf_counter() - started, 1),
