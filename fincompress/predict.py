@@ -15,6 +15,7 @@ import torch
 
 from fincompress.data.datamodule import LengthGroupedBatchSampler, pad_collate
 from fincompress.evaluate import predict
+from fincompress.hardware import autocast_dtype, native_bf16
 
 
 class TorchPredictor:
@@ -30,6 +31,7 @@ class TorchPredictor:
         self.precision = precision
         self.model, self.tokenizer = load_classifier(str(folder), self.labels)
         self.model.eval()
+        self.inference_precision = "bf16" if autocast_dtype(precision) else "f32"
 
     def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
         """(N, classes) float32, in input order."""
@@ -50,7 +52,13 @@ class OpenVINOPredictor:
         self.labels = list(labels)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        if not native_bf16()[0]:
+            # OpenVINO runs the layers INT8 leaves in float in bf16 wherever the CPU flags allow;
+            # the same rule as PyTorch's: fp32 unless bf16 is native (and not capped by
+            # ONEDNN_MAX_CPU_ISA, under which OpenVINO finds no bf16 kernels and fails)
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = ov.Core().compile_model(self.folder / "model.xml", "CPU", config)
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
         input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]

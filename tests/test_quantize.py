@@ -21,6 +21,7 @@ def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     result = run_ptq(compose_config(PTQ_TINY, tmp_path))
     source, int8 = result["models"]
     assert (source["engine"], int8["engine"]) == ("torch", "openvino")
+    assert source["inference_precision"] == "f32"  # the reference INT8 is measured against
     assert int8["agreement_with_teacher"] >= 0.9  # against the fp32 source on the test split
     artifact = tmp_path / "stages" / "int8"
     (folder,) = artifact.glob("*/model")

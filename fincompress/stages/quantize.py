@@ -100,6 +100,7 @@ def compare(cfg, folders: dict[str, Path], labels: list[str], test_file: Path,
         throughput = len(texts) / min(batch_seconds[name])
         rows.append({
             "model": name, "dir": str(folder), "engine": predictors[name].engine,
+            "inference_precision": predictors[name].inference_precision,
             "size_bytes": folder_size_bytes(folder),
             "sentences_per_s_batch32": round(throughput, 1),
             "throughput_ratio": round(min(batch_seconds[first]) / min(batch_seconds[name]), 2),
