@@ -138,6 +138,8 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
         assert not torch.equal(fresh.classifier.weight, reloaded.classifier.weight)
     out = capsys.readouterr().out
     assert f"{saved['method']} " in out and "kl_teacher_student" in out
+    # the log names the precision chosen and why (the machine line of the table)
+    assert f"{saved['machine']['precision']} ({saved['machine']['precision_reason']})" in out
     (f1_row,) = [line.split() for line in out.splitlines() if line.startswith("f1_macro ")]
     assert len(f1_row) == (3 if experiment == "fresh" else 4)  # teacher, student (, fresh)
 
