@@ -10,11 +10,13 @@ from omegaconf import DictConfig
 from fincompress.pipeline import StudentMismatchError, run_distill
 from fincompress.stages.compress import run_compress
 from fincompress.stages.prune import run_prune
+from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import run_ptq
 from fincompress.teacher.train import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
-         "ptq": run_ptq, "compress": run_compress}
+         "ptq": run_ptq, "qat": run_qat,
+         "compress": run_compress}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

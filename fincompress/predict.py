@@ -1,9 +1,9 @@
 """One predictor interface for every artifact the project writes.
 
 :func:`load` opens a folder: a Hugging Face model (fp32, or pruned; run in bf16 where the CPU
-has it natively, see :mod:`fincompress.hardware`) or an OpenVINO IR (``model.xml``, fp32 or
-INT8). Every predictor turns texts into logits in length-sorted batches padded to their own
-longest sentence, so scoring and timing treat every engine alike.
+has it natively, see :mod:`fincompress.hardware`), an OpenVINO IR (``model.xml``) or an ONNX
+graph (``model.onnx``), fp32 or INT8. Every predictor turns texts into logits in length-sorted
+batches padded to their own longest sentence, so scoring and timing treat every engine alike.
 """
 
 from __future__ import annotations
@@ -39,7 +39,23 @@ class TorchPredictor:
                        precision=self.precision)[0]
 
 
-class OpenVINOPredictor:
+class _TokenizedPredictor:
+    """Tokenizes, sorts by length and pads per batch; subclasses run one padded batch."""
+
+    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+        input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        collate = pad_collate(self.tokenizer.pad_token_id)
+        sampler = LengthGroupedBatchSampler([len(ids) for ids in input_ids], batch_size,
+                                            shuffle=False)
+        logits = torch.empty(len(input_ids), len(self.labels))
+        for indices in sampler:
+            batch = collate([{"input_ids": input_ids[i], "index": i} for i in indices])
+            output = self.run(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+            logits[batch["index"]] = torch.from_numpy(output).float()
+        return logits
+
+
+class OpenVINOPredictor(_TokenizedPredictor):
     """An OpenVINO IR folder (``model.xml`` + tokenizer) compiled for the CPU."""
 
     engine = "openvino"
@@ -60,18 +76,30 @@ class OpenVINOPredictor:
         self.compiled = ov.Core().compile_model(self.folder / "model.xml", "CPU", config)
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
-    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
-        input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        collate = pad_collate(self.tokenizer.pad_token_id)
-        sampler = LengthGroupedBatchSampler([len(ids) for ids in input_ids], batch_size,
-                                            shuffle=False)
-        logits = torch.empty(len(input_ids), len(self.labels))
-        for indices in sampler:
-            batch = collate([{"input_ids": input_ids[i], "index": i} for i in indices])
-            output = self.compiled({"input_ids": batch["input_ids"].numpy(),
-                                    "attention_mask": batch["attention_mask"].numpy()})[0]
-            logits[batch["index"]] = torch.from_numpy(output).float()
-        return logits
+    def run(self, input_ids, attention_mask):
+        return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+
+class ONNXRuntimePredictor(_TokenizedPredictor):
+    """An ONNX folder (``model.onnx`` + tokenizer) run by ONNX Runtime on the CPU."""
+
+    engine = "onnxruntime"
+    inference_precision = "f32"  # the float parts of a dynamic INT8 graph run in fp32
+
+    def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
+        import onnxruntime
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(self.folder / "model.onnx"), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids, attention_mask):
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
 def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto"):
@@ -83,10 +111,12 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
     labels = labels or recorded_labels(folder)
     if (folder / "model.xml").is_file():
         return OpenVINOPredictor(folder, labels)
+    if (folder / "model.onnx").is_file():
+        return ONNXRuntimePredictor(folder, labels)
     if (folder / "config.json").is_file():
         return TorchPredictor(folder, labels, precision)
-    raise FileNotFoundError(f"{folder} holds no model: expected config.json (a Hugging Face "
-                            "folder) or model.xml (an OpenVINO IR)")
+    raise FileNotFoundError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
+                            "model.onnx (ONNX) or config.json (a Hugging Face folder)")
 
 
 def recorded_labels(folder: Path) -> list[str]:

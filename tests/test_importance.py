@@ -53,3 +53,16 @@ def test_a_uniform_head_has_the_highest_entropy():
     uniform = sum(n * math.log(n) for n in lengths) / sum(lengths)
     assert entropy[0, 1].item() == pytest.approx(uniform, rel=1e-5)
     assert entropy.argmax().item() == 1
+
+
+def test_rounded_selection_keeps_a_multiple_per_layer_and_drops_the_lowest_within_it():
+    scores = torch.arange(3 * 20, dtype=torch.float).reshape(3, 20)
+    scores[2, 18:] = float("nan")  # two neurons of layer 2 already removed
+    chosen = lowest(scores, 25, multiple=8)
+    kept = [20 - len(chosen.get(0, [])), 20 - len(chosen.get(1, [])), 18 - len(chosen.get(2, []))]
+    # the global choice is layer 0 whole and 5 of layer 1 (keeping 15 -> rounded to 16), none
+    # of layer 2 (keeping 18 -> 16)
+    assert kept == [0, 16, 16]
+    for positions in chosen.values():  # within a layer, the lowest go first
+        assert positions == list(range(len(positions)))
+    assert 18 not in chosen.get(2, []) and 19 not in chosen.get(2, [])

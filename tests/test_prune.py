@@ -117,7 +117,7 @@ def test_pruning_errors_name_the_problem():
 
 PRUNE_TINY = ["+experiment=prune", "teacher=tiny_random", "data.max_per_split=48",
               "trainer.max_epochs=1", "prune.rounds=2", "prune.heads=0.5", "prune.ffn=0.25",
-              "prune.timing_repeats=1"]
+              "prune.timing_repeats=1", "prune.ffn_multiple=1"]
 
 
 def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys):

@@ -1,15 +1,17 @@
-"""Post-training INT8 (OpenVINO + NNCF): the artifact loads through the one predictor interface,
-agrees with fp32 on the test labels, and its size comes from its files."""
+"""Post-training INT8 (OpenVINO + NNCF, ONNX Runtime): each artifact loads through the one
+predictor interface, agrees with fp32 on the test labels, and its size comes from its files;
+the backend is chosen by measurement."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fincompress.compress.int8 import OpenVINOBackend
+from fincompress.compress.int8 import ONNXRuntimeBackend, OpenVINOBackend
 from fincompress.models.sources import folder_size_bytes, load_classifier
-from fincompress.predict import OpenVINOPredictor, TorchPredictor, load
+from fincompress.predict import ONNXRuntimePredictor, OpenVINOPredictor, TorchPredictor, load
 from fincompress.stages.quantize import run_ptq
 
 from .conftest import TINY, compose_config
@@ -19,21 +21,33 @@ PTQ_TINY = ["+experiment=ptq", *TINY, "quantize.timing_repeats=1", "quantize.lat
 
 def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     result = run_ptq(compose_config(PTQ_TINY, tmp_path))
-    source, int8 = result["models"]
-    assert (source["engine"], int8["engine"]) == ("torch", "openvino")
+    source, openvino, onnx = result["models"]
+    assert [r["engine"] for r in result["models"]] == ["torch", "openvino", "onnxruntime"]
     assert source["inference_precision"] == "f32"  # the reference INT8 is measured against
-    assert int8["agreement_with_teacher"] >= 0.9  # against the fp32 source on the test split
-    artifact = tmp_path / "stages" / "int8"
-    (folder,) = artifact.glob("*/model")
-    assert int8["size_bytes"] == folder_size_bytes(folder) < source["size_bytes"]
-    info = json.loads((folder / "checkpoint_info.json").read_text())
-    assert info["steps"][0]["int8"] and info["steps"][0]["calibration_sentences"] == 48
-    predictor = load(folder)
-    assert isinstance(predictor, OpenVINOPredictor) and predictor.labels == info["labels"]
-    assert (tmp_path / "run" / "results.json").is_file()
+    for int8, kind in ((openvino, OpenVINOPredictor), (onnx, ONNXRuntimePredictor)):
+        assert int8["agreement_with_teacher"] >= 0.9  # against the fp32 source, test split
+        folder = Path(int8["dir"])
+        assert int8["size_bytes"] == folder_size_bytes(folder) < source["size_bytes"]
+        info = json.loads((folder / "checkpoint_info.json").read_text())
+        assert info["steps"][0]["int8"] and info["steps"][0]["engine"] == int8["engine"]
+        predictor = load(folder)
+        assert isinstance(predictor, kind) and predictor.labels == info["labels"]
+    assert json.loads((Path(openvino["dir"]) / "checkpoint_info.json").read_text()
+                      )["steps"][0]["calibration_sentences"] == 48
+    # the choice: measured on validation, the fastest of those agreeing enough
+    chosen = result["chosen"]
+    measured = chosen["validation"]
+    assert set(measured) == {"openvino", "onnxruntime"}
+    faithful = [n for n, m in measured.items() if m["agreement"] >= 0.99] or list(measured)
+    key = ("sentences_per_s_batch32" if any(m["agreement"] >= 0.99 for m in measured.values())
+           else "agreement")
+    assert chosen["backend"] == max(faithful, key=lambda n: measured[n][key])
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["chosen"]["backend"] == chosen["backend"]
 
 
-def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir):
+@pytest.mark.parametrize("backend", [OpenVINOBackend, ONNXRuntimeBackend])
+def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
     from fincompress.data.phrasebank import read_phrasebank
 
     labels = ["negative", "neutral", "positive"]
@@ -42,8 +56,8 @@ def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir):
                                                          "num_attention_heads": 2,
                                                          "intermediate_size": 128})
     texts = [row.text for row in read_phrasebank(data_dir / "financial_phrasebank", "all")][:300]
-    OpenVINOBackend().export(model, tokenizer, texts[:100], tmp_path / "int8")
-    OpenVINOBackend(int8=False).export(model, tokenizer, [], tmp_path / "fp32")
+    backend().export(model, tokenizer, texts[:100], tmp_path / "int8")
+    backend(int8=False).export(model, tokenizer, [], tmp_path / "fp32")
     model.save_pretrained(tmp_path / "torch")
     tokenizer.save_pretrained(tmp_path / "torch")
     reference = TorchPredictor(tmp_path / "torch", labels, "32-true").logits(texts)
@@ -70,3 +84,16 @@ def test_bad_inputs_are_named(tmp_path, minilm_tokenizer, monkeypatch):
         load(tmp_path / "empty")
     with pytest.raises(ValueError, match="overflow_fix must be"):
         OpenVINOBackend(overflow_fix="sometimes")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModuleNotFoundError, match="needs onnxruntime"):
+        ONNXRuntimeBackend().export(model, minilm_tokenizer, [], tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("quantize.backends=[]", "quantize.backends is empty"),
+    ("quantize.backends=[tensorrt]", r"unknown backend\(s\) \['tensorrt'\]"),
+])
+def test_bad_backend_lists_are_named(tmp_path, data_dir, override, message):
+    with pytest.raises(ValueError, match=message):
+        run_ptq(compose_config([*PTQ_TINY, override], tmp_path))

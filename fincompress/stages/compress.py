@@ -17,9 +17,10 @@ from omegaconf import DictConfig, open_dict
 from fincompress.pipeline import run_distill
 from fincompress.runs import choose_precision, stage_config, write_json
 from fincompress.stages.prune import run_prune
+from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import compare, comparison_table, run_ptq
 
-STEPS = ("prune", "quantize")
+STEPS = {"prune": run_prune, "quantize": run_ptq, "qat": run_qat}
 
 
 def run_compress(cfg: DictConfig) -> dict:
@@ -37,14 +38,14 @@ def run_compress(cfg: DictConfig) -> dict:
     for step in cfg.compress.steps:
         stage = stage_config(cfg, output_dir / step)
         with open_dict(stage):
-            stage.teacher_checkpoint = str(teacher)
-            stage[step if step == "prune" else "quantize"].source = str(source)
+            stage.teacher_checkpoint = str(teacher)  # QAT's KD teacher; the stored teacher
+            stage[step].source = str(source)
         if step == "prune":
             source = Path(run_prune(stage)["models"][-1]["dir"])
             chain["pruned student"] = source
         else:
-            source = Path(run_ptq(stage)["models"][-1]["dir"])
-            chain["int8 student"] = source
+            source = Path(STEPS[step](stage)["chosen"]["dir"])
+            chain[f"int8 student ({step})"] = source
     result = compare(cfg, chain, list(cfg.data.labels),
                      output_dir / "distill" / "stage2" / "split" / "test.csv", machine)
     result["steps"] = ["distill", *cfg.compress.steps]

@@ -15,31 +15,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
 
 from fincompress.compress.importance import attention_entropy, gate_importance, lowest
 from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, pruning_record
-from fincompress.data.datamodule import LengthGroupedBatchSampler, TokenizedDataset, pad_collate
 from fincompress.data.phrasebank import read_split_file
-from fincompress.distill.kd import KDLoss
 from fincompress.evaluate import diagnostics, predict
 from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
-from fincompress.module import ClassifierModule
 from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
 from fincompress.pseudo_label.label import teacher_fingerprint
-from fincompress.runs import (
-    best_score,
-    build_trainer,
-    choose_precision,
-    load_best_weights,
-    save_model_folder,
-    stage_config,
-    write_json,
-)
+from fincompress.runs import choose_precision, save_model_folder, stage_config, write_json
+from fincompress.stages.recover import kd_finetune, teacher_logits
 from fincompress.store import ensure_stage
 
 
@@ -69,9 +57,7 @@ def run_prune(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     phrasebank = instantiate(stage_config(cfg, output_dir).data, tokenizer=tokenizer)
     phrasebank.setup()
-    train = phrasebank.datasets["train"]
-    source_logits = predict(source, tokenizer, [], input_ids=train.input_ids,
-                            precision=cfg.trainer.precision)[0]
+    source_logits = teacher_logits(source_dir, labels, phrasebank, cfg.trainer.precision)
 
     heads_total = source.config.num_hidden_layers * source.config.num_attention_heads
     neurons_total = source.config.num_hidden_layers * source.config.intermediate_size
@@ -86,7 +72,8 @@ def run_prune(cfg: DictConfig) -> dict:
         def build(staging: Path, previous=previous, round_number=round_number, targets=targets):
             model, _ = load_classifier(str(previous), labels)
             removed = prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total)
-            best_val = recover(cfg, model, tokenizer, phrasebank, source_logits, staging)
+            best_val = kd_finetune(cfg, cfg.prune.recover, model, tokenizer, phrasebank,
+                                   source_logits, staging, prefix="recover")
             save_model_folder(model, tokenizer, staging / "model", {
                 "stage": "prune", "source": str(source_dir), "round": round_number,
                 "from": str(previous), "removed_this_round": removed,
@@ -137,29 +124,10 @@ def prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total) -> 
         prune_heads(model, heads)
         removed["heads"] = heads
     if neurons_to_remove > 0:
-        prune_ffn(model, lowest(neuron_scores, neurons_to_remove))
-        removed["ffn_neurons"] = neurons_to_remove
+        neurons = lowest(neuron_scores, neurons_to_remove, cfg.prune.ffn_multiple)
+        prune_ffn(model, neurons)
+        removed["ffn_neurons"] = sum(map(len, neurons.values()))
     return removed
-
-
-def recover(cfg, model, tokenizer, phrasebank, source_logits, folder: Path) -> float | None:
-    """KD fine-tuning on the PhraseBank training sentences against the unpruned model's logits
-    (plus CE on gold labels); the best epoch on validation macro-F1 is kept."""
-    stage = stage_config(cfg, folder, max_epochs=cfg.prune.recover.epochs)
-    L.seed_everything(cfg.seed, workers=True)
-    train = phrasebank.datasets["train"]
-    dataset = TokenizedDataset(train.input_ids, train.labels, {"teacher_logits": source_logits})
-    loader = DataLoader(dataset, collate_fn=pad_collate(tokenizer.pad_token_id),
-                        batch_sampler=LengthGroupedBatchSampler(dataset.lengths,
-                                                                phrasebank.batch_size, True,
-                                                                cfg.seed))
-    module = ClassifierModule(model, list(cfg.data.labels), instantiate(cfg.prune.recover.optimizer),
-                              instantiate(cfg.prune.recover.scheduler),
-                              loss=KDLoss(cfg.prune.recover.temperature, cfg.prune.recover.alpha))
-    trainer = build_trainer(stage, prefix="recover")
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=phrasebank.val_dataloader())
-    load_best_weights(trainer, module)
-    return best_score(trainer)
 
 
 def score(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
