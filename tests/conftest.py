@@ -76,3 +76,12 @@ def pytest_runtest_setup(item):
     left = float(deadline) - time.time()
     if budget > left:
         pytest.skip(f"needs up to {budget} s, {left:.0f} s left before the CI deadline")
+
+
+def pytest_collection_finish(session):
+    """NNCF's C++ quantization kernels are built (about 90 s, once; then cached) before any QAT
+    test starts, so that no test's time limit pays for the build."""
+    if any("test_qat" in item.nodeid for item in session.items):
+        from fincompress.compress.qat import build_extension
+
+        build_extension()

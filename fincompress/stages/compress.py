@@ -16,9 +16,10 @@ from omegaconf import DictConfig, open_dict
 
 from fincompress.pipeline import run_distill
 from fincompress.runs import choose_precision, stage_config, write_json
+from fincompress.scoring import compare, comparison_table
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
-from fincompress.stages.quantize import compare, comparison_table, run_ptq
+from fincompress.stages.quantize import run_ptq
 
 STEPS = {"prune": run_prune, "quantize": run_ptq, "qat": run_qat}
 
@@ -46,8 +47,9 @@ def run_compress(cfg: DictConfig) -> dict:
         else:
             source = Path(STEPS[step](stage)["chosen"]["dir"])
             chain[f"int8 student ({step})"] = source
-    result = compare(cfg, chain, list(cfg.data.labels),
-                     output_dir / "distill" / "stage2" / "split" / "test.csv", machine)
+    result = compare(chain, list(cfg.data.labels),
+                     output_dir / "distill" / "stage2" / "split" / "test.csv", machine,
+                     cfg.quantize.timing_repeats, cfg.quantize.latency_sentences)
     result["steps"] = ["distill", *cfg.compress.steps]
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")

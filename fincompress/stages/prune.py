@@ -15,18 +15,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.compress.importance import attention_entropy, gate_importance, lowest
 from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, pruning_record
-from fincompress.data.phrasebank import read_split_file
-from fincompress.evaluate import diagnostics, predict
-from fincompress.models.sources import count_parameters, folder_size_bytes, load_classifier
+from fincompress.models.sources import load_classifier
 from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
 from fincompress.pseudo_label.label import teacher_fingerprint
 from fincompress.runs import choose_precision, save_model_folder, stage_config, write_json
+from fincompress.scoring import compare
 from fincompress.stages.recover import kd_finetune, teacher_logits
 from fincompress.store import ensure_stage
 
@@ -132,37 +130,16 @@ def prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total) -> 
 
 def score(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
           machine: dict) -> dict:
-    """Test diagnostics of the source and every round, and their batch-32 throughput measured
-    interleaved (each model timed once per repeat, in turn), as ratios to the source."""
-    test_rows = read_split_file(output_dir / "split" / "test.csv")
-    texts = [row.text for row in test_rows]
-    gold = torch.tensor([labels.index(row.label) for row in test_rows])
-    folders = [source_dir, *rounds]
-    models = [load_classifier(str(folder), labels) for folder in folders]
-    precision = cfg.trainer.precision
-    logits = [predict(m, t, texts, batch_size=32, precision=precision)[0] for m, t in models]
-    seconds = [[] for _ in models]
-    for _ in range(cfg.prune.timing_repeats):
-        for index, (model, tokenizer) in enumerate(models):
-            clock = time.perf_counter()
-            predict(model, tokenizer, texts, batch_size=32, precision=precision)
-            seconds[index].append(time.perf_counter() - clock)
-    rows = []
-    for index, (folder, (model, _)) in enumerate(zip(folders, models)):
-        scores = diagnostics(logits[index], gold, labels, logits[0])
-        best = min(seconds[index])
-        rows.append({
-            "model": "source" if index == 0 else f"round {index}",
-            "dir": str(folder),
-            "heads": _heads(model), "ffn_neurons": _neurons(model),
-            "parameters": count_parameters(model),
-            "size_bytes": folder_size_bytes(folder),
-            "sentences_per_s": round(len(texts) / best, 1),
-            "speedup": round(min(seconds[0]) / best, 3),
-            **{k: v for k, v in scores.items() if k != "confusion_matrix"},
-        })
-    return {"machine": machine, "test_size": len(texts), "models": rows,
-            "prune": OmegaConf.to_container(cfg.prune, resolve=True)}
+    """The source and every round on the test split, timed interleaved at batch 32 (PyTorch in
+    this job's precision), with each model's heads and FFN neurons."""
+    folders = {"source": source_dir, **{f"round {i}": f for i, f in enumerate(rounds, 1)}}
+    result = compare(folders, labels, output_dir / "split" / "test.csv", machine,
+                     cfg.prune.timing_repeats, precision=cfg.trainer.precision)
+    for row in result["models"]:
+        model, _ = load_classifier(row["dir"], labels)
+        row.update(heads=_heads(model), ffn_neurons=_neurons(model))
+    result["prune"] = OmegaConf.to_container(cfg.prune, resolve=True)
+    return result
 
 
 def table(result: dict) -> str:
@@ -170,10 +147,10 @@ def table(result: dict) -> str:
               f"{'acc':>8}{'f1_macro':>10}{'agree':>8}")
     lines = [header] + [
         f"{r['model']:10}{r['heads']:>7}{r['ffn_neurons']:>8}{r['parameters'] / 1e6:>8.1f}M"
-        f"{r['sentences_per_s']:>9.1f}{r['speedup']:>8.2f}x{r['acc']:>8.4f}{r['f1_macro']:>10.4f}"
-        f"{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
+        f"{r['sentences_per_s_batch32']:>9.1f}{r['throughput_ratio']:>8.2f}x{r['acc']:>8.4f}"
+        f"{r['f1_macro']:>10.4f}{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
     machine = result["machine"]
-    return (f"\nPruning, PhraseBank test split ({result['test_size']} sentences); batch-32 "
-            f"throughput, best of {result['prune']['timing_repeats']} interleaved runs, "
+    return (f"\nPruning, PhraseBank test split ({result['split_size']} sentences); batch-32 "
+            f"throughput, best of {result['repeats']} interleaved runs, "
             f"{machine['cpu']}, {machine['torch_threads']} threads, {machine['precision']}\n"
             + "\n".join(lines) + "\n")

@@ -22,7 +22,8 @@ from fincompress.models.sources import folder_size_bytes, load_classifier
 from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
 from fincompress.pseudo_label.label import teacher_fingerprint
 from fincompress.runs import choose_precision, stage_config, write_json
-from fincompress.stages.quantize import calibration_texts, compare, comparison_table, export_int8
+from fincompress.scoring import compare, comparison_table
+from fincompress.stages.quantize import calibration_texts, export_int8
 from fincompress.stages.recover import kd_finetune, teacher_logits
 from fincompress.store import ensure_stage
 
@@ -68,9 +69,10 @@ def run_qat(cfg: DictConfig) -> dict:
     artifact = folder / "model"
     print(f"{'reusing' if reused else 'stored'} QAT artifact {artifact}")
     ptq = export_int8(cfg, "openvino", source_dir, calibration, machine)
-    result = compare(cfg, {"source (torch fp32)": source_dir, "PTQ openvino int8": ptq,
-                           "QAT openvino int8": artifact},
-                     labels, output_dir / "split" / "test.csv", machine)
+    result = compare({"source (torch fp32)": source_dir, "PTQ openvino int8": ptq,
+                      "QAT openvino int8": artifact},
+                     labels, output_dir / "split" / "test.csv", machine,
+                     cfg.quantize.timing_repeats, cfg.quantize.latency_sentences)
     result["chosen"] = {"backend": "openvino (QAT)", "dir": str(artifact), "validation": {}}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")

@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import datetime
 import random
-import statistics
 import time
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fincompress.data.phrasebank import read_split_file
-from fincompress.evaluate import diagnostics
 from fincompress.models.sources import folder_size_bytes, load_classifier
 from fincompress.pipeline import _data_settings, ensure_teacher
-from fincompress.predict import load
 from fincompress.pseudo_label.label import teacher_fingerprint
 from fincompress.runs import choose_precision, stage_config, write_json
+from fincompress.scoring import compare, comparison_table
 from fincompress.store import ensure_stage
 
 
@@ -47,9 +43,11 @@ def run_ptq(cfg: DictConfig) -> dict:
                  for name in cfg.quantize.backends}
     chosen, choice = choose_backend(cfg, source_dir, artifacts, labels,
                                     output_dir / "split" / "val.csv", machine)
-    result = compare(cfg, {"source (torch fp32)": source_dir,
-                           **{f"{name} int8": folder for name, folder in artifacts.items()}},
-                     labels, output_dir / "split" / "test.csv", machine)
+    result = compare({"source (torch fp32)": source_dir,
+                      **{f"{name} int8": folder for name, folder in artifacts.items()}},
+                     labels, output_dir / "split" / "test.csv", machine,
+                     cfg.quantize.timing_repeats, cfg.quantize.latency_sentences)
+    result["quantize"] = OmegaConf.to_container(cfg.quantize, resolve=True)
     result["chosen"] = {"backend": chosen, "dir": str(artifacts[chosen]), "validation": choice}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
@@ -106,8 +104,8 @@ def choose_backend(cfg, source_dir: Path, artifacts: dict[str, Path], labels: li
     sentences; when none does, the most faithful. One artifact: itself, unmeasured."""
     if len(artifacts) == 1:
         return next(iter(artifacts)), {}
-    measured = compare(cfg, {"source": source_dir, **artifacts}, labels, val_file, machine,
-                       latency=False)["models"][1:]
+    measured = compare({"source": source_dir, **artifacts}, labels, val_file, machine,
+                       cfg.quantize.timing_repeats)["models"][1:]
     rows = dict(zip(artifacts, measured))
     faithful = [n for n, r in rows.items() if r["agreement_with_teacher"] >= cfg.quantize.min_agreement]
     if faithful:
@@ -126,62 +124,3 @@ def choice_line(chosen: dict) -> str:
                          f"{row['agreement']:.3f}" for name, row in chosen["validation"].items())
     return (f"INT8 backend chosen on this machine: {chosen['backend']} (validation split: "
             f"{measured})")
-
-
-def compare(cfg, folders: dict[str, Path], labels: list[str], split_file: Path,
-            machine: dict, latency: bool = True) -> dict:
-    """Scores of every artifact on a saved split (the artifact itself runs), with agreement
-    and KL against the first; batch-32 and (with ``latency``) batch-1 speed, timed
-    interleaved."""
-    rows_ = read_split_file(split_file)
-    texts = [row.text for row in rows_]
-    gold = torch.tensor([labels.index(row.label) for row in rows_])
-    # PyTorch models run in fp32 here: the reference INT8 is measured against
-    predictors = {name: load(folder, labels, "32-true") for name, folder in folders.items()}
-    logits = {name: p.logits(texts, batch_size=32) for name, p in predictors.items()}
-    reference = next(iter(logits.values()))
-    batch_seconds = {name: [] for name in predictors}
-    single_ms = {name: [] for name in predictors}
-    singles = texts[:cfg.quantize.latency_sentences] if latency else []
-    for _ in range(cfg.quantize.timing_repeats):
-        for name, predictor in predictors.items():
-            clock = time.perf_counter()
-            predictor.logits(texts, batch_size=32)
-            batch_seconds[name].append(time.perf_counter() - clock)
-        for text in singles:  # batch 1, models alternating sentence by sentence
-            for name, predictor in predictors.items():
-                clock = time.perf_counter()
-                predictor.logits([text], batch_size=1)
-                single_ms[name].append(1000 * (time.perf_counter() - clock))
-    rows = []
-    first = next(iter(predictors))
-    for name, folder in folders.items():
-        scores = diagnostics(logits[name], gold, labels, reference)
-        throughput = len(texts) / min(batch_seconds[name])
-        rows.append({
-            "model": name, "dir": str(folder), "engine": predictors[name].engine,
-            "inference_precision": predictors[name].inference_precision,
-            "size_bytes": folder_size_bytes(folder),
-            "sentences_per_s_batch32": round(throughput, 1),
-            "throughput_ratio": round(min(batch_seconds[first]) / min(batch_seconds[name]), 2),
-            "latency_ms_batch1_p50": (round(statistics.median(single_ms[name]), 2)
-                                      if single_ms[name] else None),
-            **{k: v for k, v in scores.items() if k != "confusion_matrix"},
-        })
-    return {"machine": machine, "test_size": len(texts), "models": rows,
-            "quantize": OmegaConf.to_container(cfg.quantize, resolve=True)}
-
-
-def comparison_table(result: dict) -> str:
-    header = (f"{'model':18}{'engine':>10}{'MiB':>8}{'sent/s@32':>11}{'ratio':>8}{'ms@1':>8}"
-              f"{'acc':>8}{'f1_macro':>10}{'agree':>8}")
-    lines = [header] + [
-        f"{r['model']:18}{r['engine']:>10}{r['size_bytes'] / 2**20:>8.1f}"
-        f"{r['sentences_per_s_batch32']:>11.1f}{r['throughput_ratio']:>7.2f}x"
-        f"{r['latency_ms_batch1_p50'] or float('nan'):>8.2f}{r['acc']:>8.4f}{r['f1_macro']:>10.4f}"
-        f"{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
-    machine = result["machine"]
-    isa = ",".join(machine["isa"] or [])
-    return (f"\nPhraseBank test split ({result['test_size']} sentences), agreement with the first "
-            f"row; {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}\n"
-            + "\n".join(lines) + "\n")
