@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from fincompress.data.phrasebank import read_split_file
 from fincompress.evaluate import diagnostics
@@ -32,7 +33,7 @@ def compare(folders: dict[str, Path], labels: list[str], split_file: Path, machi
     reference = next(iter(logits.values()))
     batch_seconds = {name: [] for name in predictors}
     single_ms = {name: [] for name in predictors}
-    for _ in range(repeats):
+    for _ in tqdm(range(repeats), desc=f"timing {len(predictors)} models, interleaved"):
         for name, predictor in predictors.items():
             clock = time.perf_counter()
             predictor.logits(texts, batch_size=32)

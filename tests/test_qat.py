@@ -91,3 +91,13 @@ def test_qat_as_the_last_step_of_stacked_compression(tmp_path, data_dir):
     info = json.loads((Path(result["models"][2]["dir"]) / "checkpoint_info.json").read_text())
     assert info["source"] == result["models"][1]["dir"]  # QAT of the distilled student
     assert info["steps"][0]["teacher"] == result["models"][0]["dir"]  # KD from the teacher
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("qat.source=nowhere", "qat.source nowhere holds no model"),
+    ("qat.epochs=0", "QAT needs at least 1 epoch"),
+])
+def test_bad_qat_settings_are_named_before_any_work(tmp_path, override, message):
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        run_qat(compose_config([*QAT_TINY, override], tmp_path))
+    assert not (tmp_path / "stages").exists()  # nothing trained, nothing half-written

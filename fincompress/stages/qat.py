@@ -32,12 +32,13 @@ def run_qat(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     machine = choose_precision(cfg)
     labels = list(cfg.data.labels)
-    teacher_dir = ensure_teacher(cfg)
-    source_dir = teacher_dir if cfg.qat.source is None else Path(cfg.qat.source)
-    if not (source_dir / "config.json").is_file():
-        raise FileNotFoundError(f"qat.source {source_dir} holds no model (no config.json)")
+    if cfg.qat.source is not None and not (Path(cfg.qat.source) / "config.json").is_file():
+        raise FileNotFoundError(f"qat.source {cfg.qat.source} holds no model (no config.json); "
+                                "give a model folder (a teacher, a student, a pruned model)")
     if cfg.qat.epochs < 1:
         raise ValueError(f"qat.epochs={cfg.qat.epochs}: QAT needs at least 1 epoch")
+    teacher_dir = ensure_teacher(cfg)
+    source_dir = teacher_dir if cfg.qat.source is None else Path(cfg.qat.source)
     output_dir = Path(cfg.paths.output_dir)
     _, tokenizer = load_classifier(str(source_dir), labels)
     phrasebank = instantiate(stage_config(cfg, output_dir).data, tokenizer=tokenizer)
