@@ -8,18 +8,52 @@ batches padded to their own longest sentence, so scoring and timing treat every 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import torch
 
-from fincompress.data.datamodule import LengthGroupedBatchSampler, pad_collate
-from fincompress.evaluate import predict
+from fincompress.data.datamodule import pad_collate
 from fincompress.hardware import autocast_dtype, native_bf16
 
 
-class TorchPredictor:
-    """A Hugging Face folder run by PyTorch (eager)."""
+class Predictor:
+    """Texts -> logits for one artifact. Subclasses set ``engine``, ``labels``, ``tokenizer``
+    and ``inference_precision``, and run one padded batch (:meth:`run`)."""
+
+    engine: str
+    inference_precision: str
+
+    def encode(self, texts: list[str], max_length: int = 128) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128,
+               sort: bool = True) -> torch.Tensor:
+        """(N, classes) float32, in input order."""
+        return self.logits_ids(self.encode(texts, max_length), batch_size, sort)
+
+    def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32,
+                   sort: bool = True) -> torch.Tensor:
+        """Logits of tokenized sentences, in input order; batches are padded to their own
+        longest sentence, and with ``sort`` formed from sentences of similar length."""
+        collate = pad_collate(self.tokenizer.pad_token_id)
+        order = list(range(len(input_ids)))
+        if sort:  # as the evaluation batches are formed (LengthGroupedBatchSampler)
+            order.sort(key=lambda i: len(input_ids[i]))
+        logits = torch.empty(len(input_ids), len(self.labels))
+        for start in range(0, len(order), batch_size):
+            batch = collate([{"input_ids": input_ids[i], "index": i}
+                             for i in order[start:start + batch_size]])
+            logits[batch["index"]] = self.run(batch["input_ids"], batch["attention_mask"]).float()
+        return logits
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    """A Hugging Face folder run by PyTorch (eager), in bf16 autocast under a bf16 precision."""
 
     engine = "torch"
 
@@ -31,31 +65,16 @@ class TorchPredictor:
         self.precision = precision
         self.model, self.tokenizer = load_classifier(str(folder), self.labels)
         self.model.eval()
-        self.inference_precision = "bf16" if autocast_dtype(precision) else "f32"
+        self.dtype = autocast_dtype(precision)
+        self.inference_precision = "bf16" if self.dtype else "f32"
 
-    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
-        """(N, classes) float32, in input order."""
-        return predict(self.model, self.tokenizer, texts, batch_size, max_length,
-                       precision=self.precision)[0]
-
-
-class _TokenizedPredictor:
-    """Tokenizes, sorts by length and pads per batch; subclasses run one padded batch."""
-
-    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
-        input_ids = self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        collate = pad_collate(self.tokenizer.pad_token_id)
-        sampler = LengthGroupedBatchSampler([len(ids) for ids in input_ids], batch_size,
-                                            shuffle=False)
-        logits = torch.empty(len(input_ids), len(self.labels))
-        for indices in sampler:
-            batch = collate([{"input_ids": input_ids[i], "index": i} for i in indices])
-            output = self.run(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
-            logits[batch["index"]] = torch.from_numpy(output).float()
-        return logits
+    @torch.no_grad()
+    def run(self, input_ids, attention_mask):
+        with torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-class OpenVINOPredictor(_TokenizedPredictor):
+class OpenVINOPredictor(Predictor):
     """An OpenVINO IR folder (``model.xml`` + tokenizer) compiled for the CPU."""
 
     engine = "openvino"
@@ -77,10 +96,11 @@ class OpenVINOPredictor(_TokenizedPredictor):
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def run(self, input_ids, attention_mask):
-        return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return torch.from_numpy(self.compiled({"input_ids": input_ids.numpy(),
+                                               "attention_mask": attention_mask.numpy()})[0])
 
 
-class ONNXRuntimePredictor(_TokenizedPredictor):
+class ONNXRuntimePredictor(Predictor):
     """An ONNX folder (``model.onnx`` + tokenizer) run by ONNX Runtime on the CPU."""
 
     engine = "onnxruntime"
@@ -99,7 +119,8 @@ class ONNXRuntimePredictor(_TokenizedPredictor):
                                                     providers=["CPUExecutionProvider"])
 
     def run(self, input_ids, attention_mask):
-        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy(),
+                                                        "attention_mask": attention_mask.numpy()})[0])
 
 
 def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto"):
