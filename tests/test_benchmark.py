@@ -1,0 +1,88 @@
+"""The CPU benchmark: FLOPs that match a counted forward pass, and every artifact measured in
+one interleaved run with its latency, throughput, accuracy and ratios to the reference."""
+
+import csv
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fincompress.benchmark import benchmark, encoder_flops, peak_rates, write_outputs
+from fincompress.compress.int8 import OpenVINOBackend
+from fincompress.compress.prune import prune_ffn, prune_heads
+from fincompress.data.phrasebank import write_splits
+from fincompress.hardware import machine_record
+from fincompress.models.sources import load_classifier
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def tiny():
+    return load_classifier("bundled:minilm-l6", LABELS, random_init=True,
+                           config_overrides={"num_hidden_layers": 2, "hidden_size": 64,
+                                             "num_attention_heads": 4, "intermediate_size": 128})
+
+
+def test_encoder_flops_match_a_counted_forward_pass_of_a_pruned_model():
+    model, _ = tiny()
+    prune_heads(model, {0: [1, 2], 1: [0]})
+    prune_ffn(model, {1: list(range(50))})
+    model.eval()
+    model.set_attn_implementation("eager")  # attention as plain matmuls, which the counter sees
+    ids = torch.randint(5, 1000, (3, 17))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    hidden = model.config.hidden_size
+    head_and_pooler = 2 * 3 * hidden * hidden + 2 * 3 * hidden * len(LABELS)  # not the encoder
+    assert encoder_flops(model.config.to_dict(), [(3, 17)]) == counter.get_total_flops() - head_and_pooler
+
+
+def test_peak_rates_are_measured_for_fp32_and_int8():
+    peaks = peak_rates(n=256, repeats=2)
+    assert peaks["f32"] > 0 and peaks["i8"] > 0
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, data_dir):
+    from fincompress.data.phrasebank import read_phrasebank
+
+    folder = tmp_path_factory.mktemp("bench")
+    model, tokenizer = tiny()
+    model.save_pretrained(folder / "torch")
+    tokenizer.save_pretrained(folder / "torch")
+    rows = read_phrasebank(data_dir / "financial_phrasebank", "all")[:40]
+    OpenVINOBackend().export(model, tokenizer, [r.text for r in rows], folder / "int8")
+    (folder / "int8" / "checkpoint_info.json").write_text(json.dumps(
+        {"labels": LABELS, "steps": [{"engine": "openvino", "int8": True}]}))
+    write_splits({"train": [], "val": [], "test": rows},
+                 folder / "split")
+    return folder
+
+
+def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path):
+    peaks = {"f32": 50.0, "i8": 100.0}
+    rows = benchmark({"teacher": (artifacts / "torch", "32-true"),
+                      "int8": (artifacts / "int8", "32-true")}, LABELS,
+                     artifacts / "split" / "test.csv", latency_sentences=6, repeats=2, warmup=2,
+                     peaks=peaks)
+    teacher, int8 = rows
+    assert (teacher["engine"], teacher["precision"]) == ("torch", "f32")
+    assert (int8["engine"], int8["precision"]) == ("openvino", "i8")
+    assert teacher["parameters"] == int8["parameters"] > 0  # the IR's shape, rebuilt from config
+    assert int8["size_bytes"] < teacher["size_bytes"]
+    for row in rows:
+        assert 0 < row["latency_model_ms_p50"] <= row["latency_model_ms_p95"]
+        assert row["latency_e2e_ms_p50"] > 0 and row["throughput_sorted"] > 0
+        assert row["peak_share"] == pytest.approx(row["achieved_gflops"] / peaks[row["precision"]],
+                                                  abs=2e-3)
+        assert {"acc", "f1_macro", "f1_negative", "kl_teacher_student"} <= set(row)
+    assert (teacher["throughput_ratio"], teacher["size_ratio"], teacher["f1_macro_delta"]) == (1, 1, 0)
+    assert teacher["agreement_with_teacher"] == 1
+    assert int8["size_ratio"] == round(teacher["size_bytes"] / int8["size_bytes"], 2)
+    markdown = write_outputs(rows, machine_record("32-true", "test"), peaks, tmp_path)
+    assert markdown.count("\n| ") == 3  # header and two models
+    with open(tmp_path / "benchmark.csv") as handle:
+        saved = list(csv.DictReader(handle))
+    assert [r["model"] for r in saved] == ["teacher", "int8"]
+    assert json.loads((tmp_path / "benchmark.json").read_text())["models"][1]["precision"] == "i8"
