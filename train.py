@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fincompress.pipeline import StudentMismatchError, run_distill
+from fincompress.stages.bench import run_benchmark
 from fincompress.stages.compress import run_compress
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
@@ -16,7 +17,7 @@ from fincompress.teacher.train import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
          "ptq": run_ptq, "qat": run_qat,
-         "compress": run_compress}
+         "compress": run_compress, "benchmark": run_benchmark}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

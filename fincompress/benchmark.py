@@ -234,3 +234,30 @@ def _cell(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
+    """Macro-F1 against batch-32 throughput (log scale), marker area proportional to the bytes
+    on disk, each point named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    largest = max(row["size_bytes"] for row in rows)
+    for row in rows:
+        axes.scatter(row["throughput_sorted"], row["f1_macro"], s=40 + 800 * row["size_bytes"] / largest,
+                     alpha=0.6, edgecolors="black")
+        axes.annotate(f"{row['model']}\n{row['size_bytes'] / 2**20:.0f} MiB",
+                      (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
+                      xytext=(6, 4), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("sentences/s at batch 32 (log scale)")
+    axes.set_ylabel("test macro-F1")
+    axes.set_title(f"Accuracy vs throughput on {machine['cpu']}, {machine['torch_threads']} "
+                   "threads (area: size on disk)", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -86,3 +86,26 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
         saved = list(csv.DictReader(handle))
     assert [r["model"] for r in saved] == ["teacher", "int8"]
     assert json.loads((tmp_path / "benchmark.json").read_text())["models"][1]["precision"] == "i8"
+
+
+def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
+    from fincompress.stages.bench import run_benchmark
+
+    from .conftest import TINY, compose_config
+
+    overrides = ["+experiment=benchmark", *TINY, "benchmark.latency_sentences=3",
+                 "benchmark.repeats=1", "benchmark.warmup=1"]
+    result = run_benchmark(compose_config(overrides, tmp_path))
+    names = [row["model"] for row in result["models"]]
+    bf16 = result["machine"]["precision"] == "bf16-mixed"
+    assert names == (["teacher", "teacher (bf16)"] if bf16 else ["teacher"])
+    run = tmp_path / "run"
+    for name in ("benchmark.json", "benchmark.csv", "benchmark.md", "pareto.png"):
+        assert (run / name).stat().st_size > 0
+    teacher = result["models"][0]["dir"]
+    again = run_benchmark(compose_config([*overrides, f"benchmark.artifacts={{a:{teacher},b:{teacher}}}",
+                                          "benchmark.reference_bf16=false"], tmp_path))
+    assert [row["model"] for row in again["models"]] == ["a", "b"]
+    assert again["models"][1]["agreement_with_teacher"] == 1  # the same model twice
+    with pytest.raises(FileNotFoundError, match="benchmark.artifacts.x: nowhere is not a folder"):
+        run_benchmark(compose_config([*overrides, "benchmark.artifacts={x:nowhere}"], tmp_path))

@@ -1,0 +1,43 @@
+"""The benchmark stage behind ``python train.py +experiment=benchmark``: the artifacts of
+``benchmark.artifacts`` (or the stored teacher) measured side by side on the saved test split
+(:mod:`fincompress.benchmark`), written as JSON, CSV, markdown and an accuracy-vs-throughput
+plot in the run folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fincompress.benchmark import benchmark, peak_rates, plot_pareto, write_outputs
+from fincompress.pipeline import ensure_teacher
+from fincompress.runs import choose_precision, stage_config
+
+
+def run_benchmark(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    machine = choose_precision(cfg)
+    settings = cfg.benchmark
+    artifacts = dict(settings.artifacts or {}) or {"teacher": str(ensure_teacher(cfg))}
+    for name, folder in artifacts.items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"benchmark.artifacts.{name}: {folder} is not a folder")
+    output_dir = Path(cfg.paths.output_dir)
+    split = instantiate(stage_config(cfg, output_dir).data, tokenizer=None)
+    split.prepare_splits()
+    runs = {name: (Path(folder), "32-true") for name, folder in artifacts.items()}
+    if settings.reference_bf16 and machine["precision"] == "bf16-mixed":
+        first, (folder, _) = next(iter(runs.items()))
+        runs = {first: runs[first], f"{first} (bf16)": (folder, "bf16-mixed"),
+                **{k: v for k, v in runs.items() if k != first}}
+    print("measuring this machine's matmul peak ...")
+    peaks = peak_rates()
+    rows = benchmark(runs, list(cfg.data.labels), output_dir / "split" / "test.csv",
+                     settings.latency_sentences, settings.repeats, settings.warmup, peaks)
+    markdown = write_outputs(rows, machine, peaks, output_dir)
+    plot_pareto(rows, output_dir / "pareto.png", machine)
+    print(markdown)
+    return {"metrics": {"benchmark/models": len(rows)}, "models": rows, "peaks_gflops": peaks,
+            "machine": machine, "wall_time_s": round(time.perf_counter() - started, 1)}
