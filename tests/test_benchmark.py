@@ -109,3 +109,24 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
     assert again["models"][1]["agreement_with_teacher"] == 1  # the same model twice
     with pytest.raises(FileNotFoundError, match="benchmark.artifacts.x: nowhere is not a folder"):
         run_benchmark(compose_config([*overrides, "benchmark.artifacts={x:nowhere}"], tmp_path))
+
+
+def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
+    from fincompress.stages.bench import run_benchmark
+
+    from .conftest import TINY, compose_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_benchmark(compose_config(["+experiment=benchmark", *TINY, "logger=csv_wandb",
+                                  "benchmark.latency_sentences=2", "benchmark.repeats=1",
+                                  "benchmark.warmup=1", "benchmark.reference_bf16=false",
+                                  "study_name=bench-test"], tmp_path))
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    (table,) = (run / "files" / "media" / "table").glob("benchmark_*.table.json")
+    saved = json.loads(table.read_text())
+    assert "throughput_sorted" in saved["columns"] and [r[0] for r in saved["data"]] == ["teacher"]
+    assert list((run / "files" / "media" / "images" / "benchmark").glob("pareto_*.png"))
+    (log,) = run.glob("run-*.wandb")  # the offline run's records, synced later with `wandb sync`
+    records = log.read_bytes()
+    for key in (b"benchmark/teacher/f1_macro", b"benchmark/teacher/throughput_sorted", b"bench-test"):
+        assert key in records

@@ -38,6 +38,22 @@ def run_benchmark(cfg: DictConfig) -> dict:
                      settings.latency_sentences, settings.repeats, settings.warmup, peaks)
     markdown = write_outputs(rows, machine, peaks, output_dir)
     plot_pareto(rows, output_dir / "pareto.png", machine)
+    log_wandb(cfg, rows, output_dir / "pareto.png")
     print(markdown)
     return {"metrics": {"benchmark/models": len(rows)}, "models": rows, "peaks_gflops": peaks,
             "machine": machine, "wall_time_s": round(time.perf_counter() - started, 1)}
+
+
+def log_wandb(cfg: DictConfig, rows: list[dict], plot: Path) -> None:
+    """With a W&B logger configured: the rows as a W&B Table (runs of one study compare side by
+    side in a dashboard), each model's headline figures as metrics, and the plot."""
+    if "wandb" not in (cfg.get("logger") or {}):
+        return
+    logger = instantiate(cfg.logger.wandb)
+    columns = [key for key in rows[0] if key != "confusion_matrix"]
+    logger.log_table("benchmark", columns=columns, data=[[row[k] for k in columns] for row in rows])
+    logger.log_metrics({f"benchmark/{row['model']}/{key}": row[key] for row in rows
+                        for key in ("f1_macro", "throughput_sorted", "latency_model_ms_p50",
+                                    "size_bytes")})
+    logger.log_image("benchmark/pareto", [str(plot)])
+    logger.experiment.finish()
