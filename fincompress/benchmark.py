@@ -238,7 +238,7 @@ def _cell(value) -> str:
 
 def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
     """Macro-F1 against batch-32 throughput (log scale), marker area proportional to the bytes
-    on disk, each point named."""
+    on disk, each point named; published models (grey squares) at their published accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,9 +247,12 @@ def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
     figure, axes = plt.subplots(figsize=(7, 4.5))
     largest = max(row["size_bytes"] for row in rows)
     for row in rows:
+        published = row.get("published")
         axes.scatter(row["throughput_sorted"], row["f1_macro"], s=40 + 800 * row["size_bytes"] / largest,
-                     alpha=0.6, edgecolors="black")
-        axes.annotate(f"{row['model']}\n{row['size_bytes'] / 2**20:.0f} MiB",
+                     alpha=0.6, edgecolors="black", marker="s" if published else "o",
+                     color="lightgrey" if published else None)
+        note = "published accuracy, timed here" if published else f"{row['size_bytes'] / 2**20:.0f} MiB"
+        axes.annotate(f"{row['model']}\n{note}",
                       (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
                       xytext=(6, 4), textcoords="offset points")
     axes.set_xscale("log")

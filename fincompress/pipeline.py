@@ -94,6 +94,7 @@ def run_distill(cfg: DictConfig) -> dict:
     result = score_and_save(cfg, model, tokenizer, best_val, teacher_dir, fresh, labels,
                             output_dir, stage1_dir, started, machine)
     result["teacher_split_unknown"] = teacher_split is None
+    result["speed"] = speed_check(cfg, result, fresh, labels, output_dir)
     timings["total_s"] = round(time.perf_counter() - started, 1)
     result["timings"] = timings
     write_json(result, output_dir / "results.json")
@@ -369,6 +370,25 @@ def score_and_save(cfg: DictConfig, model, tokenizer, best_val: float | None, te
     }
 
 
+def speed_check(cfg: DictConfig, result: dict, fresh_dir: Path | None, labels: list[str],
+                output_dir: Path) -> dict:
+    """Batch-1 latency and batch-32 throughput of the teacher, the student and the fresh
+    baseline, measured interleaved by the benchmark's code in the run's precision (seconds:
+    ``distill.speed_sentences`` sentences at batch 1, one pass of the test split at batch 32).
+    """
+    if not cfg.distill.speed_sentences:
+        return {}
+    from fincompress.benchmark import benchmark
+
+    folders = {"teacher": result["teacher_dir"], "student": result["student_dir"],
+               **({"fresh": str(fresh_dir)} if fresh_dir else {})}
+    rows = benchmark({name: (Path(folder), cfg.trainer.precision) for name, folder in folders.items()},
+                     labels, output_dir / "stage2" / "split" / "test.csv",
+                     latency_sentences=cfg.distill.speed_sentences, repeats=1, warmup=3)
+    return {row["model"]: {key: row[key] for key in ("latency_model_ms_p50", "throughput_sorted",
+                                                     "throughput_ratio")} for row in rows}
+
+
 def side_by_side(result: dict) -> str:
     columns = [("teacher", result["teacher"]),
                (f"{result['method']} {result['student_name']}", result["student"])]
@@ -383,6 +403,13 @@ def side_by_side(result: dict) -> str:
     for key in ("best_val_f1_macro", "acc", "f1_macro", "f1_negative", "f1_neutral",
                 "f1_positive", "kl_teacher_student", "agreement_with_teacher", "ece"):
         rows.append((key, [_number(scores.get(key)) for _, scores in columns]))
+    speed = result.get("speed") or {}
+    if speed:
+        names = ["teacher", "student", "fresh"][:len(columns)]
+        rows.append(("batch-1 ms (median)", [f"{speed[n]['latency_model_ms_p50']:.2f}" for n in names]))
+        rows.append(("sentences/s at batch 32", [f"{speed[n]['throughput_sorted']:.1f} "
+                                                 f"({speed[n]['throughput_ratio']:.1f}x)"
+                                                 for n in names]))
     header = f"{'':24}" + "".join(f"{name:>24}" for name, _ in columns)
     lines = [f"{name:24}" + "".join(f"{cell:>24}" for cell in cells) for name, cells in rows]
     machine = result["machine"]

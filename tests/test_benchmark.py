@@ -94,13 +94,22 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
     from .conftest import TINY, compose_config
 
     overrides = ["+experiment=benchmark", *TINY, "benchmark.latency_sentences=3",
-                 "benchmark.repeats=1", "benchmark.warmup=1"]
-    result = run_benchmark(compose_config(overrides, tmp_path))
+                 "benchmark.repeats=1", "benchmark.warmup=1", "benchmark.published=[]"]
+    published = ("benchmark.published=[{name:tiny-published,model_type:bert,config:{"
+                 "num_hidden_layers:1,hidden_size:32,num_attention_heads:2,intermediate_size:64},"
+                 "acc:0.91,f1_macro:0.88}]")
+    result = run_benchmark(compose_config([*overrides, published], tmp_path))
     names = [row["model"] for row in result["models"]]
     bf16 = result["machine"]["precision"] == "bf16-mixed"
-    assert names == (["teacher", "teacher (bf16)"] if bf16 else ["teacher"])
+    assert names == (["teacher", "teacher (bf16)"] if bf16 else ["teacher"]) + ["tiny-published"]
+    row = result["models"][-1]  # timed here, at its published accuracy
+    assert row["published"] and (row["acc"], row["f1_macro"]) == (0.91, 0.88)
+    assert row["throughput_sorted"] > 0 and row["agreement_with_teacher"] is None
+    assert row["f1_macro_delta"] == round(0.88 - result["models"][0]["f1_macro"], 4)
+    assert not result["models"][0]["published"]
     run = tmp_path / "run"
-    for name in ("benchmark.json", "benchmark.csv", "benchmark.md", "pareto.png"):
+    for name in ("benchmark.json", "benchmark.csv", "benchmark.md", "pareto.png",
+                 "confusion_matrices.png"):
         assert (run / name).stat().st_size > 0
     teacher = result["models"][0]["dir"]
     again = run_benchmark(compose_config([*overrides, f"benchmark.artifacts={{a:{teacher},b:{teacher}}}",
@@ -120,7 +129,7 @@ def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
     run_benchmark(compose_config(["+experiment=benchmark", *TINY, "logger=csv_wandb",
                                   "benchmark.latency_sentences=2", "benchmark.repeats=1",
                                   "benchmark.warmup=1", "benchmark.reference_bf16=false",
-                                  "study_name=bench-test"], tmp_path))
+                                  "study_name=bench-test", "benchmark.published=[]"], tmp_path))
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     (table,) = (run / "files" / "media" / "table").glob("benchmark_*.table.json")
     saved = json.loads(table.read_text())

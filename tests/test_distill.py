@@ -142,6 +142,11 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert f"{saved['machine']['precision']} ({saved['machine']['precision_reason']})" in out
     (f1_row,) = [line.split() for line in out.splitlines() if line.startswith("f1_macro ")]
     assert len(f1_row) == (3 if experiment == "fresh" else 4)  # teacher, student (, fresh)
+    # speed rows, measured by the benchmark's code
+    speed = saved["speed"]
+    assert set(speed) == ({"teacher", "student"} | ({"fresh"} if saved["fresh"] else set()))
+    assert speed["teacher"]["throughput_ratio"] == 1 and speed["student"]["throughput_sorted"] > 0
+    assert "sentences/s at batch 32" in out and "batch-1 ms (median)" in out
 
 
 def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, monkeypatch):
