@@ -133,6 +133,7 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     final, _ = load_classifier(rows[2]["dir"], ["negative", "neutral", "positive"])
     assert sum(map(len, pruning_record(final)["kept_heads"].values())) == 4
     assert "round 2" in capsys.readouterr().out
+    assert (tmp_path / "run" / "pruning_curve.png").stat().st_size > 0
     assert (tmp_path / "run" / "results.json").is_file()
 
     again = run_prune(compose_config(PRUNE_TINY, tmp_path))  # every round comes from the store

@@ -88,6 +88,7 @@ def run_prune(cfg: DictConfig) -> dict:
     result = score(cfg, source_dir, rounds, labels, output_dir, machine)
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
+    plot_pruning_curve(result, output_dir / "pruning_curve.png")
     print(table(result))
     final = result["models"][-1]
     return {"metrics": {"test/f1_macro": final["f1_macro"]}, **result}
@@ -140,6 +141,33 @@ def score(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
         row.update(heads=_heads(model), ffn_neurons=_neurons(model))
     result["prune"] = OmegaConf.to_container(cfg.prune, resolve=True)
     return result
+
+
+def plot_pruning_curve(result: dict, path: Path) -> None:
+    """Test macro-F1 and batch-32 speed-up against the share of the source's heads and FFN
+    neurons removed, one point per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["models"]
+    source = rows[0]
+    removed = [100 * (1 - (r["heads"] + r["ffn_neurons"]) / (source["heads"] + source["ffn_neurons"]))
+               for r in rows]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(removed, [r["f1_macro"] for r in rows], "o-", color="tab:blue")
+    axes.set_xlabel("heads and FFN neurons removed (% of the source's)")
+    axes.set_ylabel("test macro-F1", color="tab:blue")
+    speed = axes.twinx()
+    speed.plot(removed, [r["throughput_ratio"] for r in rows], "s--", color="tab:red")
+    speed.set_ylabel("batch-32 speed-up vs source", color="tab:red")
+    machine = result["machine"]
+    axes.set_title(f"Pruning curve ({machine['cpu']}, {machine['precision']})", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def table(result: dict) -> str:
