@@ -65,6 +65,11 @@ class ClassifierModule(L.LightningModule):
         size = len(batch["input_ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({f"train/{name}": value for name, value in parts.items()}, batch_size=size)
+        # each weighted term's share of the loss (the "term_" parts sum to it), so that a weight
+        # such as PKD's beta can be judged by how much of the gradient signal its term carries
+        self.log_dict({f"train/share_{name.removeprefix('term_')}": value / loss.detach()
+                       for name, value in parts.items() if name.startswith("term_")},
+                      batch_size=size)
         return loss
 
     def validation_step(self, batch: dict, batch_index: int) -> None:

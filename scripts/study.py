@@ -1,12 +1,16 @@
-"""A distillation study: fresh / CE / KD (T = 2, 5, 9) / PKD / TinyBERT for one student.
+"""A distillation study: fresh / CE / KD (T = 2, 5, 9) / PKD / TinyBERT for one student,
+over several seeds.
 
-    python scripts/study.py --name NAME [--methods fresh,ce,kd_t2,...] -- [train.py overrides]
+    python scripts/study.py --name NAME [--methods fresh,ce,kd_t2,...] [--seeds 3] -- [train.py overrides]
     python scripts/study.py --name mpnet_minilm -- teacher=mpnet_base student=minilm news.max_sentences=20000
 
-Each method runs as ``python train.py +experiment=...`` into ``outputs/study/NAME/<method>``,
-sharing the stored teacher and pseudo-labels; a method whose folder already has results is not
-run again (resume after a crash). Writes ``study.csv``, ``study.json`` and ``study.md`` (one row
-per model, the teacher first) and ``confusion_matrices.png`` (fresh, CE, KD T=5, PKD).
+Each method runs once per seed as ``python train.py +experiment=... seed=S`` into
+``outputs/study/NAME/<method>/seed<S>``. The teacher is trained (or found) by the first run and
+pinned for every later one (``teacher_checkpoint``), so seeds vary the students only; stored
+pseudo-labels are shared. A run whose folder already has results is not run again (resume after
+a crash). Writes ``study.csv``, ``study.json`` and ``study.md`` (one row per model, the teacher
+first, each score the mean over seeds with its standard deviation), ``confusion_matrices.png``
+(fresh, CE, KD T=5, PKD; first seed) and ``temperature_sweep.png`` (KD macro-F1 against T).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -62,35 +67,74 @@ def run_method(name: str, folder: Path, study: str, overrides: list[str], output
     return {"status": "ok", **json.loads(results.read_text())}
 
 
-def table_rows(runs: dict[str, dict]) -> list[dict]:
-    done = {name: r for name, r in runs.items() if r["status"] == "ok"}
+def table_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """One row per model: each score the mean over the seeds that ran, with ``<score>_std``
+    beside it (0 for one seed) and ``seeds`` counting them."""
+    done = [r for seeds in runs.values() for r in seeds.values() if r["status"] == "ok"]
     rows = []
     if done:
-        first = next(iter(done.values()))
-        rows.append({"model": f"teacher {first['teacher_source']}",
+        first = done[0]
+        rows.append({"model": f"teacher {first['teacher_source']}", "seeds": 1,
                      "parameters_m": first["teacher_parameters"] / 1e6, **first["teacher"]})
-    for name, result in runs.items():
-        if result["status"] != "ok":
+    for name, seeds in runs.items():
+        ok = [r for r in seeds.values() if r["status"] == "ok"]
+        if not ok:
+            result = next(iter(seeds.values()))
             rows.append({"model": f"{name} ({result['status']}: {result['error'][:80]})"})
             continue
-        rows.append({"model": f"{name} {result['student_name']}",
-                     "parameters_m": result["student_parameters"] / 1e6, **result["student"],
-                     **result["timings"]})
+        row = {"model": f"{name} {ok[0]['student_name']}", "seeds": len(ok),
+               "parameters_m": ok[0]["student_parameters"] / 1e6}
+        for key in COLUMNS[2:]:
+            values = [r["student"].get(key, r["timings"].get(key)) for r in ok]
+            values = [v for v in values if isinstance(v, (int, float))]
+            if values:
+                row[key] = statistics.fmean(values)
+                row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = ["| " + " | ".join(["seeds", *COLUMNS]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in rows:
-        cells = [row.get(c, "") for c in COLUMNS]
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        cells = [str(row.get("seeds", ""))] + [_cell(row.get(c, ""), row.get(f"{c}_std"))
+                                              for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def _cell(value, std=None) -> str:
     if isinstance(value, float):
-        return f"{value:.1f}" if value >= 10 else f"{value:.4f}"
+        text = f"{value:.1f}" if value >= 10 else f"{value:.4f}"
+        if std:  # spread over seeds
+            text += f" ± {std:.1f}" if value >= 10 else f" ± {std:.4f}"
+        return text
     return str(value)
+
+
+def plot_temperature_sweep(rows: list[dict], path: Path) -> bool:
+    """KD students' macro-F1 (mean ± std over seeds) against the temperature; False when fewer
+    than two KD temperatures ran."""
+    points = sorted((int(row["model"].split()[0].removeprefix("kd_t")), row)
+                    for row in rows if row["model"].startswith("kd_t") and "f1_macro" in row)
+    if len(points) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.errorbar([t for t, _ in points], [r["f1_macro"] for _, r in points],
+                  yerr=[r.get("f1_macro_std", 0) for _, r in points], fmt="o-", capsize=4)
+    axes.set_xlabel("KD temperature T")
+    axes.set_ylabel("test macro-F1 (mean ± std over seeds)")
+    axes.set_xticks([t for t, _ in points])
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def main() -> None:
@@ -98,33 +142,48 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="study name: folder and W&B group")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--output-root", default="outputs")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 42, 43, ...)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, after --")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = set(methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods {sorted(unknown)}; known: {', '.join(METHODS)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     root = Path(args.output_root) / "study" / args.name
-    runs = {m: run_method(m, root / m, args.name, args.overrides, args.output_root)
-            for m in methods}
+    overrides = list(args.overrides)
+    runs: dict[str, dict[int, dict]] = {}
+    for seed in range(42, 42 + args.seeds):
+        for method in methods:
+            result = run_method(method, root / method / f"seed{seed}", args.name,
+                                [*overrides, f"seed={seed}"], args.output_root)
+            runs.setdefault(method, {})[seed] = result
+            if result["status"] == "ok" and not any(o.startswith("teacher_checkpoint=")
+                                                    for o in overrides):
+                overrides.append(f"teacher_checkpoint={result['teacher_dir']}")  # pin it
     rows = table_rows(runs)
     with open(root / "study.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        fields = ["seeds", *[k for c in COLUMNS for k in (c, f"{c}_std")]]
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (root / "study.json").write_text(json.dumps({"overrides": args.overrides, "rows": rows,
                                                  "runs": runs}, indent=2, default=str))
     table = markdown(rows)
     (root / "study.md").write_text(table + "\n")
-    matrices = {f"{m}: macro-F1 {runs[m]['student']['f1_macro']:.3f}":
-                runs[m]["student"]["confusion_matrix"]
-                for m in FIGURE if m in runs and runs[m]["status"] == "ok"}
+    firsts = {m: next(iter(seeds.values())) for m, seeds in runs.items()}
+    matrices = {f"{m}: macro-F1 {firsts[m]['student']['f1_macro']:.3f}":
+                firsts[m]["student"]["confusion_matrix"]
+                for m in FIGURE if m in firsts and firsts[m]["status"] == "ok"}
     if matrices:
         labels = ["negative", "neutral", "positive"]
         save_confusion_matrices(matrices, labels, root / "confusion_matrices.png")
     print(table)
-    print(f"\nwritten: {root}/study.{{csv,json,md}}, confusion_matrices.png")
-    if any(r["status"] == "failed" for r in runs.values()):
+    swept = plot_temperature_sweep(rows, root / "temperature_sweep.png")
+    print(f"\nwritten: {root}/study.{{csv,json,md}}, confusion_matrices.png"
+          + (", temperature_sweep.png" if swept else ""))
+    if any(r["status"] == "failed" for seeds in runs.values() for r in seeds.values()):
         sys.exit(1)
 
 

@@ -60,7 +60,12 @@ def test_one_training_step_of_every_method(method, tiny_pair, tmp_path):
                               loss=loss, teacher=teacher if loss.needs_teacher_model else None)
     optimizer = module.configure_optimizers()
     before = [p.detach().clone() for p in student.parameters()]
+    logged = {}
+    module.log = lambda name, value, **_: logged.update({name: value})
+    module.log_dict = lambda values, **_: logged.update(values)
     value = module.training_step(batch, 0)
+    shares = {k: float(v) for k, v in logged.items() if k.startswith("train/share_")}
+    assert shares and sum(shares.values()) == pytest.approx(1, rel=1e-4)  # each term's share
     value.backward()
     optimizer.step()
     assert torch.isfinite(value) and value > 0

@@ -143,3 +143,29 @@ def test_cross_entropy_loss_uses_batch_labels():
     logits = torch.tensor([[2.0, 0.0, 0.0]])
     loss, _ = CrossEntropyLoss()(_output(logits), {}, {"labels": torch.tensor([0])})
     assert loss.item() == pytest.approx(-math.log(softmax([2.0, 0.0, 0.0])[0]), rel=1e-6)
+
+
+def test_weighted_terms_sum_to_the_loss_for_every_distillation_loss():
+    """The ``term_`` parts are what the module logs as each term's share of the loss."""
+    torch.manual_seed(0)
+    hidden = tuple(torch.randn(4, 5, 8) for _ in range(5))
+    logits, teacher_logits = torch.randn(4, 3), torch.randn(4, 3)
+    batch = {"labels": torch.tensor([0, 1, 2, 1]), "attention_mask": torch.ones(4, 5)}
+    kd_loss, kd_parts = KDLoss(5.0, 0.7)(_output(logits), {"logits": teacher_logits}, batch)
+    pkd = PKDLoss(student_layers=4, teacher_layers=4, student_hidden=8, teacher_hidden=8,
+                  pkd_beta=0.5)
+    cls = torch.stack([hidden[i][:, 0].flip(0) for i in pkd.teacher_cls_layers], dim=1)
+    pkd_loss, pkd_parts = pkd(_output(logits, hidden), {"logits": teacher_logits, "cls": cls}, batch)
+    attentions = tuple(torch.rand(4, 2, 5, 5) for _ in range(4))
+    tiny = TinyBERTLoss(student_layers=4, teacher_layers=4, student_hidden=8, teacher_hidden=8)
+    tiny_loss, tiny_parts = tiny(_output(logits, hidden, attentions),
+                                 {"logits": teacher_logits, "hidden_states": hidden[::-1],
+                                  "attentions": attentions[::-1]}, batch)
+    for loss, parts, terms in ((kd_loss, kd_parts, {"term_kd", "term_ce"}),
+                               (pkd_loss, pkd_parts, {"term_kd", "term_ce", "term_pkd"}),
+                               (tiny_loss, tiny_parts, {"term_kd", "term_ce", "term_hidden",
+                                                        "term_attention"})):
+        assert {k for k in parts if k.startswith("term_")} == terms
+        assert sum(parts[k] for k in terms).item() == pytest.approx(loss.item(), rel=1e-5)
+        assert all(parts[k] > 0 for k in terms)
+    assert kd_parts["term_kd"].item() == pytest.approx(0.7 * 25 * kd_parts["kl"].item(), rel=1e-5)

@@ -6,12 +6,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import DATA_DIR, ROOT, TINY
 
 
 def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     command = [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "fresh,pkd",
-               "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
+               "--seeds", "2", "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
                "student.model.num_layers=2", f"paths.data_dir={DATA_DIR}"]
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -20,17 +22,25 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
         rows = list(csv.DictReader(f))
     assert [row["model"].split()[0] for row in rows] == ["teacher", "fresh", "pkd"]
     assert all(0 <= float(row["f1_macro"]) <= 1 for row in rows)
-    assert json.loads((study / "study.json").read_text())["runs"]["pkd"]["method"] == "pkd"
+    assert [row["seeds"] for row in rows] == ["1", "2", "2"]
+    saved = json.loads((study / "study.json").read_text())
+    pkd = [saved["runs"]["pkd"][seed]["student"]["f1_macro"] for seed in ("42", "43")]
+    assert float(rows[2]["f1_macro"]) == pytest.approx(sum(pkd) / 2)  # the mean over seeds
+    assert float(rows[2]["f1_macro_std"]) == pytest.approx(abs(pkd[0] - pkd[1]) / 2 ** 0.5)
+    # seeds vary the students only: one teacher, pinned after the first run
+    assert len([p for p in (tmp_path / "stages" / "teacher").iterdir() if not p.name.startswith(".")]) == 1
+    assert {saved["runs"][m][s]["teacher_dir"] for m in ("fresh", "pkd") for s in ("42", "43")} \
+        == {saved["runs"]["fresh"]["42"]["teacher_dir"]}
     assert (study / "study.md").read_text().count("\n") == 5
     assert (study / "confusion_matrices.png").stat().st_size > 5000
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 2
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 4
 
     table = subprocess.run([sys.executable, "scripts/collect_results.py", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr[-2000:]
     lines = [line for line in table.stdout.splitlines() if line.startswith("| ")]
-    assert len(lines) == 1 + 3  # header, the stored teacher, fresh and pkd students
+    assert len(lines) == 1 + 5  # header, the stored teacher, fresh and pkd students of 2 seeds
     val = {line.split(" | ")[1]: line.split(" | ")[4] for line in lines[1:]}
     assert val["fresh"].startswith("- / 0.") and re.fullmatch(r"0\.\d{3} / 0\.\d{3}", val["pkd"])
     assert "machine:" in table.stdout
@@ -55,3 +65,16 @@ def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_
     assert "tinybert: skipped: method tinybert runs the teacher on the student's tokens" in result.stdout
     rows = json.loads((tmp_path / "study" / "tiny" / "study.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["model"].startswith("tinybert (skipped: method tinybert")
+
+
+def test_temperature_sweep_plot_and_mean_std_cells(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from study import _cell, plot_temperature_sweep
+
+    rows = [{"model": "teacher x", "f1_macro": 0.95},
+            {"model": "kd_t9 minilm", "f1_macro": 0.93, "f1_macro_std": 0.01},
+            {"model": "kd_t2 minilm", "f1_macro": 0.95, "f1_macro_std": 0.004}]
+    assert plot_temperature_sweep(rows, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 5000
+    assert not plot_temperature_sweep(rows[:2], tmp_path / "none.png")  # one temperature: no plot
+    assert _cell(0.95123, 0.0042) == "0.9512 ± 0.0042" and _cell(0.95, 0.0) == "0.9500"

@@ -33,7 +33,7 @@ class CrossEntropyLoss(nn.Module):
 
     def forward(self, student_output, teacher: dict, batch: dict):
         loss = F.cross_entropy(student_output.logits.float(), batch["labels"])
-        return loss, {"ce": loss.detach()}
+        return loss, {"ce": loss.detach(), "term_ce": loss.detach()}
 
 
 class KDLoss(nn.Module):
@@ -54,8 +54,10 @@ class KDLoss(nn.Module):
     def kd_terms(self, student_logits, teacher_logits, labels):
         kl = kl_teacher_student(student_logits, teacher_logits, self.temperature)
         ce = F.cross_entropy(student_logits.float(), labels)
-        loss = self.alpha * kl * self.temperature**2 + (1 - self.alpha) * ce
-        return loss, {"kl": kl.detach(), "ce": ce.detach()}
+        soft = self.alpha * kl * self.temperature**2
+        hard = (1 - self.alpha) * ce
+        return soft + hard, {"kl": kl.detach(), "ce": ce.detach(), "term_kd": soft.detach(),
+                             "term_ce": hard.detach()}
 
     def forward(self, student_output, teacher: dict, batch: dict):
         return self.kd_terms(student_output.logits, teacher["logits"], batch["labels"])

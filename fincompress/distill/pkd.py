@@ -49,5 +49,5 @@ class PKDLoss(nn.Module):
             student_cls = self.projection(student_output.hidden_states[match.student_layer][:, 0])
             teacher_cls = teacher["cls"][:, self.teacher_cls_layers.index(match.teacher_layer)]
             pkd = pkd + match.weight * normalized_cls_distance(student_cls, teacher_cls)
-        parts["pkd"] = pkd.detach()
+        parts["pkd"] = parts["term_pkd"] = pkd.detach()
         return loss + pkd, parts

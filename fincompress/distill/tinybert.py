@@ -73,4 +73,5 @@ class TinyBERTLoss(nn.Module):
                                              teacher["attentions"][m.teacher_layer - 1], mask)
             totals[m.feature] = totals[m.feature] + m.weight * value
         parts.update({f"{name}_mse": value.detach() for name, value in totals.items()})
+        parts.update({f"term_{name}": value.detach() for name, value in totals.items()})
         return loss + totals["hidden"] + totals["attention"], parts
