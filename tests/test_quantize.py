@@ -97,3 +97,4 @@ def test_bad_inputs_are_named(tmp_path, minilm_tokenizer, monkeypatch):
 def test_bad_backend_lists_are_named(tmp_path, data_dir, override, message):
     with pytest.raises(ValueError, match=message):
         run_ptq(compose_config([*PTQ_TINY, override], tmp_path))
+    assert not (tmp_path / "stages").exists()  # refused before any teacher was trained

@@ -31,10 +31,10 @@ def run_ptq(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     machine = choose_precision(cfg)
     labels = list(cfg.data.labels)
+    check_backends(cfg.quantize)  # before any work
     source_dir = ensure_teacher(cfg) if cfg.quantize.source is None else Path(cfg.quantize.source)
     if not (source_dir / "config.json").is_file():
         raise FileNotFoundError(f"quantize.source {source_dir} holds no model (no config.json)")
-    check_backends(cfg.quantize)
     output_dir = Path(cfg.paths.output_dir)
     split = instantiate(stage_config(cfg, output_dir).data, tokenizer=None)
     split.prepare_splits()
