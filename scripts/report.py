@@ -1,0 +1,118 @@
+"""The study's report, written from the files its stages wrote (``scripts/reproduce.py``).
+
+    python scripts/report.py outputs/reproduce/NAME [--readme README.md]
+
+Writes ``report.md`` in that folder: the machine, each stage's wall time, the benchmark table
+and plot, the study table (mean ± std over seeds) and plots, and the INT8, QAT, pruning and
+stacked tables. With ``--readme`` the same markdown replaces the README's text between
+``<!-- results:begin -->`` and ``<!-- results:end -->``, so that every number there comes from
+these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+START, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def compare_table(result: dict) -> str:
+    """A scored-side-by-side result (prune, PTQ, QAT, stacked) as markdown."""
+    lines = ["| model | engine | MiB | sentences/s at batch 32 | vs first | batch-1 ms | "
+             "test accuracy | test macro-F1 | agreement with first |", "|---" * 9 + "|"]
+    for row in result["models"]:
+        latency = row.get("latency_ms_batch1_p50")
+        lines.append(
+            f"| {row['model']} | {row['engine']} ({row['inference_precision']}) | "
+            f"{row['size_bytes'] / 2**20:.1f} | {row['sentences_per_s_batch32']:,.1f} | "
+            f"{row['throughput_ratio']:.2f}x | {'' if latency is None else f'{latency:.2f}'} | "
+            f"{row['acc']:.4f} | {row['f1_macro']:.4f} | {row['agreement_with_teacher']:.3f} |")
+    return "\n".join(lines)
+
+
+def report(root: Path, link_base: Path) -> str:
+    """The markdown; figures are linked relative to ``link_base`` (the folder of the file the
+    markdown goes into)."""
+    stages = json.loads((root / "stages.json").read_text())
+    parts = []
+    benchmark = root / "benchmark" / "benchmark.json"
+    if benchmark.is_file():
+        machine = json.loads(benchmark.read_text())["machine"]
+        isa = ", ".join(machine.get("isa") or [])
+        parts.append(f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
+                     f"torch {machine.get('torch', '')}, precision {machine['precision']} "
+                     f"({machine['precision_reason']}).")
+    lines = ["| stage | status | wall time |", "|---|---|---|"]
+    for stage, entry in stages.items():
+        if isinstance(entry, dict) and "wall_time_s" in entry:
+            lines.append(f"| {stage} | {entry['status']} | {entry['wall_time_s'] / 60:.1f} min |")
+    if "total_wall_time_s" in stages:
+        lines.append(f"| **all** | | **{stages['total_wall_time_s'] / 60:.1f} min** |")
+    parts.append("**Wall time per stage**\n\n" + "\n".join(lines))
+    if "best_student" in stages:
+        best = stages["best_student"]
+        parts.append(f"Best distilled student on validation: `{best['method']}` (validation "
+                     f"macro-F1 {best['val_f1_macro']:.4f}); PTQ, QAT and the benchmark use it.")
+    if benchmark.is_file():
+        parts.append("**Benchmark** (every artifact measured side by side on this machine)\n\n"
+                     + (root / "benchmark" / "benchmark.md").read_text().strip())
+        parts.append(_figure(root / "benchmark" / "pareto.png", link_base, "accuracy vs throughput"))
+    study = _study_folder(stages)
+    if study and (study / "study.md").is_file():
+        parts.append("**Distillation study** (test split; mean ± std over seeds)\n\n"
+                     + (study / "study.md").read_text().strip())
+        for name in ("temperature_sweep.png", "confusion_matrices.png"):
+            if (study / name).is_file():
+                parts.append(_figure(study / name, link_base, name.removesuffix(".png")))
+    for stage, title in (("ptq", "Post-training INT8 of the best student"),
+                         ("qat", "QAT with KD beside PTQ, same student"),
+                         ("prune30", "30% of the teacher's heads removed"),
+                         ("prune50", "Half the teacher's heads and FFN neurons removed"),
+                         ("compress", "Stacked: distil -> prune -> INT8")):
+        results = root / stage / "results.json"
+        if results.is_file():
+            parts.append(f"**{title}**\n\n" + compare_table(json.loads(results.read_text())))
+            curve = root / stage / "pruning_curve.png"
+            if curve.is_file():
+                parts.append(_figure(curve, link_base, f"{stage} pruning curve"))
+    return "\n\n".join(parts) + "\n"
+
+
+def _study_folder(stages: dict) -> Path | None:
+    command = stages.get("study", {}).get("command", [])
+    if "--output-root" in command and "--name" in command:
+        return (Path(command[command.index("--output-root") + 1]) / "study"
+                / command[command.index("--name") + 1])
+    return None
+
+
+def _figure(path: Path, link_base: Path, title: str) -> str:
+    return f"![{title}]({os.path.relpath(path, link_base)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="outputs/reproduce/NAME")
+    parser.add_argument("--readme", type=Path, help="replace this file's results section too")
+    args = parser.parse_args()
+    if not (args.root / "stages.json").is_file():
+        parser.error(f"{args.root} has no stages.json: run scripts/reproduce.py first")
+    markdown = report(args.root, args.root)
+    (args.root / "report.md").write_text(markdown)
+    print(f"written: {args.root / 'report.md'}")
+    if args.readme:
+        text = args.readme.read_text()
+        if START not in text or END not in text:
+            parser.error(f"{args.readme} lacks the markers {START} and {END}")
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        body = report(args.root, args.readme.parent)
+        args.readme.write_text(f"{head}{START}\n{body}{END}{tail}")
+        print(f"written: the results section of {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The one-command reproduction at tiny scale: every stage runs, its wall time is recorded, the
+report is written from the stages' files, and a rerun resumes instead of retraining."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import DATA_DIR, ROOT, TINY
+
+TINY_STUDY = [*TINY, "news.max_sentences=120", "student.model.num_layers=2",
+              f"paths.data_dir={DATA_DIR}", "prune.rounds=1", "prune.timing_repeats=1",
+              "quantize.timing_repeats=1", "quantize.latency_sentences=3", "qat.epochs=1",
+              "benchmark.latency_sentences=3", "benchmark.repeats=1", "benchmark.warmup=1",
+              "benchmark.published=[]", "distill.speed_sentences=3"]
+
+
+@pytest.mark.slow(budget_s=1800)
+def test_reproduce_runs_every_stage_and_writes_the_report(tmp_path, data_dir):
+    command = [sys.executable, "scripts/reproduce.py", "--name", "tiny", "--methods",
+               "fresh,kd_t2,pkd", "--output-root", str(tmp_path),
+               "--stage-overrides", "prune50=prune.ffn_multiple=1", "--", *TINY_STUDY]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1700)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
+    root = tmp_path / "reproduce" / "tiny"
+    stages = json.loads((root / "stages.json").read_text())
+    for stage in ("teacher", "study", "ptq", "qat", "prune30", "prune50", "compress", "benchmark"):
+        assert stages[stage]["status"] == "ok" and stages[stage]["wall_time_s"] > 0, stage
+    assert stages["best_student"]["method"] in ("kd_t2", "pkd")  # chosen on validation
+    benchmark = json.loads((root / "benchmark" / "benchmark.json").read_text())
+    names = [row["model"] for row in benchmark["models"]]
+    assert names[0] == "teacher" and "prune50_final" in names and "compress_final" in names
+    report = (root / "report.md").read_text()
+    assert "Wall time per stage" in report and "| benchmark | ok |" in report
+    assert "![accuracy vs throughput](benchmark/pareto.png)" in report
+    assert "QAT with KD beside PTQ" in report and "Stacked" in report
+    # the README's results section, replaced from the same files
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    subprocess.run([sys.executable, "scripts/report.py", str(root), "--readme", str(readme)],
+                   cwd=ROOT, check=True, capture_output=True)
+    text = readme.read_text()
+    section = text.split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
+    assert "Wall time per stage" in section and text.count("<!-- results:begin -->") == 1
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 8
