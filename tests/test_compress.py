@@ -17,7 +17,15 @@ COMPRESS_TINY = ["+experiment=compress", *TINY, "news.max_sentences=120",
                  "quantize.latency_sentences=3"]
 
 
-def test_distil_prune_quantize_end_to_end(tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def compress_root(tmp_path_factory):
+    """One output root for this file's runs, so that the QAT chain reuses the stored teacher,
+    pseudo-labels and stage-1 student of the first (each test still runs alone)."""
+    return tmp_path_factory.mktemp("compress")
+
+
+def test_distil_prune_quantize_end_to_end(compress_root, data_dir):
+    tmp_path = compress_root
     result = run_compress(compose_config(COMPRESS_TINY, tmp_path))
     names = [row["model"] for row in result["models"]]
     assert names == ["teacher", "distilled student", "pruned student", "int8 student (quantize)"]
@@ -36,3 +44,13 @@ def test_distil_prune_quantize_end_to_end(tmp_path, data_dir):
 def test_unknown_steps_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown steps \\['distil'\\]"):
         run_compress(compose_config([*COMPRESS_TINY, "compress.steps=[distil,quantize]"], tmp_path))
+
+
+def test_qat_as_the_last_step_of_stacked_compression(compress_root, data_dir):
+    result = run_compress(compose_config([*COMPRESS_TINY, "compress.steps=[qat]", "qat.epochs=1",
+                                          "distill.fresh_baseline=false"], compress_root))
+    names = [row["model"] for row in result["models"]]
+    assert names == ["teacher", "distilled student", "int8 student (qat)"]
+    info = json.loads((Path(result["models"][2]["dir"]) / "checkpoint_info.json").read_text())
+    assert info["source"] == result["models"][1]["dir"]  # QAT of the distilled student
+    assert info["steps"][0]["teacher"] == result["models"][0]["dir"]  # KD from the teacher

@@ -10,7 +10,6 @@ import torch
 from fincompress.compress.qat import export_openvino, prepare
 from fincompress.models.sources import load_classifier
 from fincompress.predict import OpenVINOPredictor, load
-from fincompress.stages.compress import run_compress
 from fincompress.stages.qat import run_qat
 
 from .conftest import TINY, compose_config
@@ -78,19 +77,6 @@ def test_qat_experiment_beside_ptq_end_to_end_and_reuse(tmp_path, data_dir):
     again = run_qat(compose_config(QAT_TINY, tmp_path))  # from the store: no second training
     assert again["models"][2]["f1_macro"] == qat["f1_macro"]
     assert len(list((tmp_path / "stages" / "qat").glob("*/model"))) == 1
-
-
-def test_qat_as_the_last_step_of_stacked_compression(tmp_path, data_dir):
-    from .test_compress import COMPRESS_TINY
-
-    result = run_compress(compose_config([*COMPRESS_TINY, "compress.steps=[qat]", "qat.epochs=1",
-                                          "distill.fresh_baseline=false"],
-                                         tmp_path))
-    names = [row["model"] for row in result["models"]]
-    assert names == ["teacher", "distilled student", "int8 student (qat)"]
-    info = json.loads((Path(result["models"][2]["dir"]) / "checkpoint_info.json").read_text())
-    assert info["source"] == result["models"][1]["dir"]  # QAT of the distilled student
-    assert info["steps"][0]["teacher"] == result["models"][0]["dir"]  # KD from the teacher
 
 
 @pytest.mark.parametrize(("override", "message"), [
