@@ -134,6 +134,8 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     assert sum(map(len, pruning_record(final)["kept_heads"].values())) == 4
     assert "round 2" in capsys.readouterr().out
     assert (tmp_path / "run" / "pruning_curve.png").stat().st_size > 0
+    # a stored round keeps its model, not the recovery's Lightning checkpoints
+    assert not list((tmp_path / "stages" / "prune").glob("*/checkpoints/*.ckpt"))
     assert (tmp_path / "run" / "results.json").is_file()
 
     again = run_prune(compose_config(PRUNE_TINY, tmp_path))  # every round comes from the store
