@@ -120,7 +120,7 @@ PRUNE_TINY = ["+experiment=prune", "teacher=tiny_random", "data.max_per_split=48
               "prune.timing_repeats=1", "prune.ffn_multiple=1"]
 
 
-def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys):
+def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monkeypatch):
     from fincompress.stages.prune import run_prune
 
     from .conftest import compose_config
@@ -138,6 +138,10 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys):
     assert not list((tmp_path / "stages" / "prune").glob("*/checkpoints/*.ckpt"))
     assert (tmp_path / "run" / "results.json").is_file()
 
+    def no_logits(*_):
+        raise AssertionError("the source's logits were computed although every round is stored")
+
+    monkeypatch.setattr("fincompress.stages.prune.teacher_logits", no_logits)
     again = run_prune(compose_config(PRUNE_TINY, tmp_path))  # every round comes from the store
     assert [r["dir"] for r in again["models"]] == [r["dir"] for r in rows]
     assert "reusing pruning round 2" in capsys.readouterr().out

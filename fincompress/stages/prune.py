@@ -55,7 +55,12 @@ def run_prune(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     phrasebank = instantiate(stage_config(cfg, output_dir).data, tokenizer=tokenizer)
     phrasebank.setup()
-    source_logits = teacher_logits(source_dir, labels, phrasebank, cfg.trainer.precision)
+    cached: list = []  # the source's logits, computed only when a round must be trained
+
+    def source_logits():
+        if not cached:
+            cached.append(teacher_logits(source_dir, labels, phrasebank, cfg.trainer.precision))
+        return cached[0]
 
     heads_total = source.config.num_hidden_layers * source.config.num_attention_heads
     neurons_total = source.config.num_hidden_layers * source.config.intermediate_size
@@ -71,7 +76,7 @@ def run_prune(cfg: DictConfig) -> dict:
             model, _ = load_classifier(str(previous), labels)
             removed = prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total)
             best_val = kd_finetune(cfg, cfg.prune.recover, model, tokenizer, phrasebank,
-                                   source_logits, staging, prefix="recover")
+                                   source_logits(), staging, prefix="recover")
             save_model_folder(model, tokenizer, staging / "model", {
                 "stage": "prune", "source": str(source_dir), "round": round_number,
                 "from": str(previous), "removed_this_round": removed,
