@@ -40,6 +40,10 @@ class ClassifierModule(L.LightningModule):
             self.teacher.eval()
         return self
 
+    def on_train_epoch_start(self) -> None:
+        if hasattr(self.loss, "start_epoch"):  # losses with phases (TinyBERT's two)
+            self.loss.start_epoch(self.current_epoch, self.trainer.max_epochs)
+
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits, shape (batch, num_labels), in float32."""
         output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])

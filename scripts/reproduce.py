@@ -11,8 +11,9 @@ rerun after a crash resumes where it stopped:
 2. ``study``: fresh, converged fresh, CE, KD T=2/5/9, PKD and TinyBERT students (pseudo-labels
    made once), ``--seeds`` runs each;
 3. ``ptq`` and ``qat``: INT8 of the best distilled student (chosen on validation);
-4. ``prune30`` and ``prune50``: 30% of the teacher's heads; half its heads and FFN neurons;
-5. ``compress``: distil -> prune -> INT8, stacked;
+4. ``prune30``, ``prune30_int8`` and ``prune50``: 30% of the teacher's heads, then that model
+   in INT8; half its heads and FFN neurons;
+5. ``compress``: distil -> prune -> QAT INT8, stacked;
 6. ``benchmark``: every artifact above measured side by side on this CPU;
 7. the report: ``report.md`` (tables and figures) from the files the stages wrote.
 
@@ -30,8 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["teacher", "study", "ptq", "qat", "prune30", "prune50", "compress", "benchmark"]
-STUDY_METHODS = "fresh,fresh_converged,ce,kd_t2,kd_t5,kd_t9,pkd,tinybert"
+STAGES = ["teacher", "study", "ptq", "qat", "prune30", "prune30_int8", "prune50", "compress",
+          "benchmark"]
+STUDY_METHODS = "fresh,fresh_converged,ce,kd_t2,kd_t5,kd_t9,pkd,pkd_b1,pkd_b10,pkd_b100,tinybert"
 
 
 def run(stage: str, command: list[str], folder: Path, record: dict) -> dict:
@@ -121,15 +123,23 @@ def main() -> None:
                       *extra.get("qat", [])))
     step("prune30", train(root / "prune30", "+experiment=prune", "prune.heads=0.3", "prune.ffn=0",
                           *common, *pin, *extra.get("prune30", [])))
+    prune30 = root / "prune30" / "results.json"
+    if prune30.is_file():
+        pruned = json.loads(prune30.read_text())["models"][-1]["dir"]
+        step("prune30_int8", train(root / "prune30_int8", "+experiment=ptq",
+                                   f"quantize.source={pruned}", *common, *pin,
+                                   *extra.get("prune30_int8", [])))
     step("prune50", train(root / "prune50", "+experiment=prune", "prune.heads=0.5",
                           "prune.ffn=0.5", *common, *pin, *extra.get("prune50", [])))
-    step("compress", train(root / "compress", "+experiment=compress", *common, *pin,
+    step("compress", train(root / "compress", "+experiment=compress", "compress.steps=[prune,qat]",
+                           *common, *pin,
                            *extra.get("compress", [])))
     artifacts = {"teacher": best["teacher_dir"], f"{best['method']} student": student}
-    for stage, key in (("ptq", "chosen"), ("qat", "chosen")):
+    for stage, key in (("ptq", "chosen"), ("qat", "chosen"), ("prune30_int8", "chosen")):
         results = root / stage / "results.json"
         if results.is_file():
-            artifacts[f"{best['method']} {stage} int8"] = json.loads(results.read_text())[key]["dir"]
+            name = stage.replace("_", " ") if stage.startswith("prune") else f"{best['method']} {stage} int8"
+            artifacts[name] = json.loads(results.read_text())[key]["dir"]
     for stage in ("prune30", "prune50", "compress"):
         results = root / stage / "results.json"
         if results.is_file():

@@ -10,7 +10,8 @@ pinned for every later one (``teacher_checkpoint``), so seeds vary the students 
 pseudo-labels are shared. A run whose folder already has results is not run again (resume after
 a crash). Writes ``study.csv``, ``study.json`` and ``study.md`` (one row per model, the teacher
 first, each score the mean over seeds with its standard deviation), ``confusion_matrices.png``
-(fresh, CE, KD T=5, PKD; first seed) and ``temperature_sweep.png`` (KD macro-F1 against T).
+(fresh, CE, KD T=5, PKD; first seed), ``temperature_sweep.png`` (KD macro-F1 against T) and
+``pkd_beta_sweep.png`` (PKD macro-F1 against beta).
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from fincompress.metrics import save_confusion_matrices
 from fincompress.pipeline import StudentMismatchError
 
+ROOT = Path(__file__).resolve().parents[1]
+# each method's overrides, placed after the study's own (so a method's choice wins)
 METHODS = {
     # the student fine-tuned on PhraseBank alone: with the distilled students' stage-2 settings,
     # and given up to 10 epochs with the best one on validation kept (the converged baseline
@@ -38,7 +43,14 @@ METHODS = {
     "kd_t5": ["+experiment=kd", "method.temperature=5"],
     "kd_t9": ["+experiment=kd", "method.temperature=9"],
     "pkd": ["+experiment=pkd"],
-    "tinybert": ["+experiment=tinybert"],
+    # PKD's beta against the T^2-scaled KD term: seed000's 0.02 (the default) and Sun et al.'s
+    # range; each run logs train/share_pkd, the PKD term's share of the loss
+    "pkd_b1": ["+experiment=pkd", "method.pkd_beta=1"],
+    "pkd_b10": ["+experiment=pkd", "method.pkd_beta=10"],
+    "pkd_b100": ["+experiment=pkd", "method.pkd_beta=100"],
+    # the teacher runs on the student's tokens: a student cut from the teacher's pretrained
+    # encoder (three layers), whatever the study's student
+    "tinybert": ["+experiment=tinybert", "student=truncated"],
 }
 FIGURE = ["fresh", "ce", "kd_t5", "pkd"]
 COLUMNS = ["model", "parameters_m", "acc", "f1_macro", "f1_negative", "f1_neutral", "f1_positive",
@@ -50,8 +62,8 @@ def run_method(name: str, folder: Path, study: str, overrides: list[str], output
     if results.is_file():
         print(f"[{study}] {name}: done earlier, reusing {results}")
         return {"status": "ok", **json.loads(results.read_text())}
-    command = [sys.executable, "train.py", *METHODS[name], f"study_name={study}",
-               f"hydra.run.dir={folder}", f"paths.output_root={output_root}", *overrides]
+    command = [sys.executable, "train.py", f"study_name={study}", f"hydra.run.dir={folder}",
+               f"paths.output_root={output_root}", *overrides, *METHODS[name]]
     print(f"[{study}] {name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     log = folder.with_suffix(".log")
@@ -116,11 +128,30 @@ def _cell(value, std=None) -> str:
     return str(value)
 
 
-def plot_temperature_sweep(rows: list[dict], path: Path) -> bool:
-    """KD students' macro-F1 (mean ± std over seeds) against the temperature; False when fewer
-    than two KD temperatures ran."""
-    points = sorted((int(row["model"].split()[0].removeprefix("kd_t")), row)
-                    for row in rows if row["model"].startswith("kd_t") and "f1_macro" in row)
+# the swept settings with a plot each: the setting, its axis label, the file
+SWEEPS = [("method.temperature", "KD temperature T", "temperature_sweep.png", "kd"),
+          ("method.pkd_beta", "PKD beta (log scale)", "pkd_beta_sweep.png", "pkd")]
+
+
+def swept_value(method: str, setting: str, experiment: str) -> float | None:
+    """The value of ``setting`` a study method runs with: its own override, else the method
+    config's default; None for methods of another experiment."""
+    overrides = METHODS.get(method, [])
+    if f"+experiment={experiment}" not in overrides:
+        return None
+    for override in overrides:
+        if override.startswith(f"{setting}="):
+            return float(override.partition("=")[2])
+    config = OmegaConf.load(ROOT / "conf" / "method" / f"{experiment}.yaml")
+    return float(OmegaConf.select(config, setting.removeprefix("method.")))
+
+
+def plot_sweep(rows: list[dict], setting: str, label: str, path: Path, experiment: str) -> bool:
+    """Students' test macro-F1 (mean ± std over seeds) against a swept setting; False when
+    fewer than two of its values ran."""
+    points = sorted((value, row) for row in rows if "f1_macro" in row
+                    for value in [swept_value(row["model"].split()[0], setting, experiment)]
+                    if value is not None)
     if len(points) < 2:
         return False
     import matplotlib
@@ -129,11 +160,13 @@ def plot_temperature_sweep(rows: list[dict], path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    axes.errorbar([t for t, _ in points], [r["f1_macro"] for _, r in points],
+    axes.errorbar([v for v, _ in points], [r["f1_macro"] for _, r in points],
                   yerr=[r.get("f1_macro_std", 0) for _, r in points], fmt="o-", capsize=4)
-    axes.set_xlabel("KD temperature T")
+    if "log" in label:
+        axes.set_xscale("log")
+    axes.set_xlabel(label)
     axes.set_ylabel("test macro-F1 (mean ± std over seeds)")
-    axes.set_xticks([t for t, _ in points])
+    axes.set_xticks([v for v, _ in points], [f"{v:g}" for v, _ in points])
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -184,9 +217,10 @@ def main() -> None:
         labels = ["negative", "neutral", "positive"]
         save_confusion_matrices(matrices, labels, root / "confusion_matrices.png")
     print(table)
-    swept = plot_temperature_sweep(rows, root / "temperature_sweep.png")
+    plots = [name for setting, label, name, experiment in SWEEPS
+             if plot_sweep(rows, setting, label, root / name, experiment)]
     print(f"\nwritten: {root}/study.{{csv,json,md}}, confusion_matrices.png"
-          + (", temperature_sweep.png" if swept else ""))
+          + "".join(f", {name}" for name in plots))
     if any(r["status"] == "failed" for seeds in runs.values() for r in seeds.values()):
         sys.exit(1)
 

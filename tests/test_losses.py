@@ -169,3 +169,36 @@ def test_weighted_terms_sum_to_the_loss_for_every_distillation_loss():
         assert sum(parts[k] for k in terms).item() == pytest.approx(loss.item(), rel=1e-5)
         assert all(parts[k] > 0 for k in terms)
     assert kd_parts["term_kd"].item() == pytest.approx(0.7 * 25 * kd_parts["kl"].item(), rel=1e-5)
+
+
+def test_attention_mse_is_per_head_when_head_counts_match():
+    mask = torch.tensor([[1, 1]])
+    student = torch.zeros(1, 2, 2, 2)
+    teacher = torch.zeros(1, 2, 2, 2)
+    student[0, 0, 0, 0], teacher[0, 1, 0, 0] = 1.0, 1.0  # the heads disagree; their means agree
+    # 2 heads x 4 pairs, two squared errors of 1
+    assert masked_attention_mse(student, teacher, mask).item() == pytest.approx(2 / 8)
+
+
+def test_tinybert_two_phases_train_features_then_soft_labels():
+    torch.manual_seed(0)
+    mask = torch.ones(2, 4, dtype=torch.long)
+    hidden = tuple(torch.randn(2, 4, 8) for _ in range(3))
+    attentions = tuple(torch.rand(2, 2, 4, 4) for _ in range(2))
+    logits, teacher_logits = torch.randn(2, 3), torch.randn(2, 3)
+    batch = {"labels": torch.tensor([0, 2]), "attention_mask": mask}
+    teacher = {"logits": teacher_logits, "hidden_states": tuple(h.flip(0) for h in hidden),
+               "attentions": tuple(a.flip(0) for a in attentions)}
+    loss_fn = TinyBERTLoss(student_layers=2, teacher_layers=2, student_hidden=8, teacher_hidden=8,
+                           feature_weight=1.0, intermediate_epochs=1)
+    kd, _ = loss_fn.kd.kd_terms(logits, teacher_logits, batch["labels"])
+    loss_fn.start_epoch(0, max_epochs=2)
+    features, parts = loss_fn(_output(logits, hidden, attentions), teacher, batch)
+    assert parts["term_kd"] == 0 and features.item() == pytest.approx(
+        (parts["term_hidden"] + parts["term_attention"]).item())
+    assert features.item() > 0 and parts["kl"] > 0  # KL still logged, not trained
+    loss_fn.start_epoch(1, max_epochs=2)
+    prediction, parts = loss_fn(_output(logits, hidden, attentions), teacher, batch)
+    assert prediction.item() == pytest.approx(kd.item()) and "term_hidden" not in parts
+    with pytest.raises(ValueError, match="intermediate_epochs=1 leaves no prediction-layer epoch"):
+        loss_fn.start_epoch(0, max_epochs=1)

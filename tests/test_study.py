@@ -55,11 +55,11 @@ def test_study_rejects_unknown_methods(tmp_path):
 
 def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_dir):
     """TinyBERT runs the teacher on the student's tokens, so it cannot train a student on another
-    tokenizer (here MPNet's, beside the teacher's MiniLM one)."""
+    tokenizer (here one cut from MPNet, beside the teacher's MiniLM one)."""
     result = subprocess.run(
         [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "tinybert",
-         "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120", "student=tiny",
-         "student.model.tokenizer_source=bundled:mpnet-base", f"paths.data_dir={DATA_DIR}"],
+         "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
+         "student.model.source=bundled:mpnet-base", f"paths.data_dir={DATA_DIR}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tinybert: skipped: method tinybert runs the teacher on the student's tokens" in result.stdout
@@ -67,14 +67,22 @@ def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_
     assert len(rows) == 1 and rows[0]["model"].startswith("tinybert (skipped: method tinybert")
 
 
-def test_temperature_sweep_plot_and_mean_std_cells(tmp_path):
+def test_sweep_plots_and_mean_std_cells(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
-    from study import _cell, plot_temperature_sweep
+    from study import SWEEPS, _cell, plot_sweep, swept_value
 
     rows = [{"model": "teacher x", "f1_macro": 0.95},
             {"model": "kd_t9 minilm", "f1_macro": 0.93, "f1_macro_std": 0.01},
-            {"model": "kd_t2 minilm", "f1_macro": 0.95, "f1_macro_std": 0.004}]
-    assert plot_temperature_sweep(rows, tmp_path / "sweep.png")
+            {"model": "kd_t2 minilm", "f1_macro": 0.95, "f1_macro_std": 0.004},
+            {"model": "pkd minilm", "f1_macro": 0.94},
+            {"model": "pkd_b100 minilm", "f1_macro": 0.91}]
+    temperature, beta = SWEEPS
+    assert plot_sweep(rows, *temperature[:2], tmp_path / "sweep.png", temperature[3])
     assert (tmp_path / "sweep.png").stat().st_size > 5000
-    assert not plot_temperature_sweep(rows[:2], tmp_path / "none.png")  # one temperature: no plot
+    assert not plot_sweep(rows[:2], *temperature[:2], tmp_path / "none.png", temperature[3])
+    # PKD's default beta comes from its method config; the sweep's from their overrides
+    assert swept_value("pkd", "method.pkd_beta", "pkd") == 0.02
+    assert swept_value("pkd_b100", "method.pkd_beta", "pkd") == 100
+    assert swept_value("kd_t2", "method.pkd_beta", "pkd") is None
+    assert plot_sweep(rows, *beta[:2], tmp_path / "beta.png", beta[3])
     assert _cell(0.95123, 0.0042) == "0.9512 ± 0.0042" and _cell(0.95, 0.0) == "0.9500"

@@ -5,10 +5,18 @@ Natural Language Understanding").
 - ``hidden``: token states, the student's mapped to the teacher's width by a learned
   projection, averaged over **real tokens only** (padding would dilute the loss by the batch's
   padding fraction);
-- ``attention``: attention maps averaged over heads (student and teacher head counts may
-  differ), over real query/key pairs only.
-The teacher runs alongside the student (``attn_implementation="eager"`` for attention maps), so
-both must tokenize identically.
+- ``attention``: attention maps per head when student and teacher have as many heads (as in
+  the paper), averaged over heads when they differ; over real query/key pairs only.
+
+Two phases, as in the paper (``intermediate_epochs``): the first epochs learn the features
+only (intermediate-layer distillation), the later ones the teacher's soft labels only
+(prediction-layer distillation, the KD loss). ``intermediate_epochs=0`` trains both at once.
+
+One difference from the paper: it matches the unnormalised attention scores (before the
+softmax); transformers v5 returns only the normalised maps (``attn_implementation="eager"``),
+so the MSE here is on attention probabilities.
+
+The teacher runs alongside the student, so both must tokenize identically.
 """
 
 from __future__ import annotations
@@ -30,11 +38,15 @@ def masked_hidden_mse(student: torch.Tensor, teacher: torch.Tensor,
 
 def masked_attention_mse(student: torch.Tensor, teacher: torch.Tensor,
                          attention_mask: torch.Tensor) -> torch.Tensor:
-    """MSE of head-averaged maps over real query/key pairs; maps (batch, heads, tokens, tokens)."""
+    """MSE of attention maps over real query/key pairs, per head when the head counts match and
+    of the head-averaged maps when not; maps (batch, heads, tokens, tokens)."""
     mask = attention_mask.float()
-    pairs = mask.unsqueeze(2) * mask.unsqueeze(1)  # (batch, tokens, tokens)
-    difference = student.float().mean(dim=1) - teacher.float().mean(dim=1)
-    return (difference.pow(2) * pairs).sum() / pairs.sum()
+    pairs = (mask.unsqueeze(2) * mask.unsqueeze(1)).unsqueeze(1)  # (batch, 1, tokens, tokens)
+    student, teacher = student.float(), teacher.float()
+    if student.shape[1] != teacher.shape[1]:
+        student, teacher = student.mean(dim=1, keepdim=True), teacher.mean(dim=1, keepdim=True)
+    squared = (student - teacher).pow(2) * pairs
+    return squared.sum() / (pairs.sum() * student.shape[1])
 
 
 class TinyBERTLoss(nn.Module):
@@ -45,8 +57,10 @@ class TinyBERTLoss(nn.Module):
     def __init__(self, student_layers: int, teacher_layers: int, student_hidden: int,
                  teacher_hidden: int, temperature: float = 4.0, alpha: float = 0.5,
                  feature_weight: float = 0.1, features: tuple[str, ...] = ("hidden", "attention"),
-                 layer_map="uniform"):
+                 layer_map="uniform", intermediate_epochs: int = 0):
         super().__init__()
+        self.intermediate_epochs = intermediate_epochs
+        self.phase = "intermediate" if intermediate_epochs else "joint"
         self.kd = KDLoss(temperature, alpha)
         self.matches = layer_matches(layer_map, student_layers, teacher_layers, list(features),
                                      "mse", feature_weight)
@@ -59,8 +73,23 @@ class TinyBERTLoss(nn.Module):
             if student_hidden != teacher_hidden else nn.Identity()
         )
 
+    def start_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Called by the training module at each epoch's start: sets the phase."""
+        if not self.intermediate_epochs:
+            return
+        if max_epochs <= self.intermediate_epochs:
+            raise ValueError(f"TinyBERT's intermediate_epochs={self.intermediate_epochs} leaves no "
+                             f"prediction-layer epoch of the stage's {max_epochs}; give stage 1 more "
+                             "epochs (distill.stage1.max_epochs) or set method.intermediate_epochs lower")
+        self.phase = "intermediate" if epoch < self.intermediate_epochs else "prediction"
+
     def forward(self, student_output, teacher: dict, batch: dict):
         loss, parts = self.kd.kd_terms(student_output.logits, teacher["logits"], batch["labels"])
+        if self.phase == "prediction":
+            return loss, parts
+        if self.phase == "intermediate":  # the features only; the KD terms are logged, not trained
+            loss = torch.zeros((), device=loss.device)
+            parts.update(term_kd=loss, term_ce=loss)
         mask = batch["attention_mask"]
         totals = {"hidden": torch.zeros((), device=loss.device),
                   "attention": torch.zeros((), device=loss.device)}
