@@ -167,6 +167,8 @@ def benchmark(artifacts: dict[str, tuple[Path, str]], labels: list[str], split_f
             "peak_share": round(gflops / peaks[precision], 3) if peaks and precision in peaks else None,
             **{k: v for k, v in scores.items() if k != "confusion_matrix"},
             "confusion_matrix": scores["confusion_matrix"],
+            # each test sentence's label, in split order (what fincompress.load must reproduce)
+            "predictions": [labels[i] for i in logits[name].argmax(-1).tolist()],
         })
     first = rows[0]
     for row in rows:
@@ -202,13 +204,17 @@ COLUMNS = [("model", "model"), ("engine", "engine"), ("precision", "precision"),
            ("kl_teacher_student", "KL to ref"), ("agreement_with_teacher", "agreement")]
 
 
+# per-row lists, kept in benchmark.json only
+LIST_FIELDS = ("confusion_matrix", "predictions")
+
+
 def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) -> str:
     """``benchmark.json``, ``benchmark.csv`` and ``benchmark.md`` in ``folder``; returns the
     markdown."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.json").write_text(json.dumps(
         {"machine": machine, "peaks_gflops": peaks, "models": rows}, indent=2))
-    fields = [k for k in rows[0] if k != "confusion_matrix"]
+    fields = [k for k in rows[0] if k not in LIST_FIELDS]
     with open(folder / "benchmark.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fields, extrasaction="ignore")
         writer.writeheader()

@@ -123,17 +123,19 @@ class ONNXRuntimePredictor(Predictor):
                                                         "attention_mask": attention_mask.numpy()})[0])
 
 
-def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto"):
-    """The predictor for an artifact folder: OpenVINO IR if it has ``model.xml``, else a Hugging
-    Face folder. ``labels`` default to those recorded in the folder."""
+def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto",
+         threads: int | None = None):
+    """The predictor for an artifact folder: OpenVINO IR if it has ``model.xml``, ONNX if it has
+    ``model.onnx``, else a Hugging Face folder. ``labels`` default to those recorded in the
+    folder; ``threads`` (OpenVINO, ONNX Runtime) defaults to PyTorch's thread count."""
     folder = Path(path)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     labels = labels or recorded_labels(folder)
     if (folder / "model.xml").is_file():
-        return OpenVINOPredictor(folder, labels)
+        return OpenVINOPredictor(folder, labels, threads)
     if (folder / "model.onnx").is_file():
-        return ONNXRuntimePredictor(folder, labels)
+        return ONNXRuntimePredictor(folder, labels, threads)
     if (folder / "config.json").is_file():
         return TorchPredictor(folder, labels, precision)
     raise FileNotFoundError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "

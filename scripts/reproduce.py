@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from fincompress.stages.bench import artifacts_override
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["teacher", "study", "ptq", "qat", "prune30", "prune30_int8", "prune50", "compress",
           "benchmark"]
@@ -144,9 +146,8 @@ def main() -> None:
         results = root / stage / "results.json"
         if results.is_file():
             artifacts[f"{stage} final"] = json.loads(results.read_text())["models"][-1]["dir"]
-    mapping = ",".join(f"{_key(name)}:{folder}" for name, folder in artifacts.items())
     step("benchmark", train(root / "benchmark", "+experiment=benchmark",
-                            f"benchmark.artifacts={{{mapping}}}", *common, *pin,
+                            artifacts_override(artifacts), *common, *pin,
                             *extra.get("benchmark", [])))
     record["total_wall_time_s"] = round(time.perf_counter() - started, 1)
     state_file.write_text(json.dumps(record, indent=2))
@@ -156,11 +157,6 @@ def main() -> None:
           + (f"failed stages: {failed}" if failed else "every stage ok"))
     if failed or report.returncode:
         sys.exit(1)
-
-
-def _key(name: str) -> str:
-    """A Hydra-safe dict key for an artifact's display name."""
-    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 if __name__ == "__main__":

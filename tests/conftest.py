@@ -49,6 +49,32 @@ def compose_config(overrides: list[str], output_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    """A random 1-layer classifier on MiniLM's tokenizer, saved as a run's ``student/`` folder
+    (with a ``checkpoint_info.json``)."""
+    import json
+
+    import torch
+
+    from fincompress.models.sources import load_classifier
+
+    labels = ["negative", "neutral", "positive"]
+    folder = tmp_path_factory.mktemp("run") / "student"
+    torch.manual_seed(0)
+    model, tokenizer = load_classifier("bundled:minilm-l6", labels, random_init=True,
+                                       config_overrides={"num_hidden_layers": 1, "hidden_size": 32,
+                                                         "num_attention_heads": 2,
+                                                         "intermediate_size": 64})
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "checkpoint_info.json").write_text(json.dumps(
+        {"stage": "stage2", "method": "pkd", "labels": labels, "parameters": 1000,
+         "metrics": {"test/f1_macro": 0.5}, "teacher": str(folder.parent / "gone"),
+         "machine": {"cpu": "Test CPU", "cores": 2, "isa": ["avx2"]}}))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def minilm_tokenizer():
     from fincompress.models.sources import load_tokenizer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fincompress.benchmark import benchmark, peak_rates, plot_pareto, write_outputs
+from fincompress.benchmark import LIST_FIELDS, benchmark, peak_rates, plot_pareto, write_outputs
 from fincompress.metrics import save_confusion_matrices
 from fincompress.pipeline import ensure_teacher
 from fincompress.runs import choose_precision, stage_config
@@ -45,7 +45,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
         entry = published.get(row["model"])
         row["published"] = entry is not None
         if entry is not None:  # the published scores replace those of the random weights
-            row.update(acc=entry.acc, f1_macro=entry.f1_macro, kl_teacher_student=None,
+            row.update(acc=entry.acc, f1_macro=entry.f1_macro, kl_teacher_student=None, predictions=None,
                        agreement_with_teacher=None, ece=None,
                        f1_macro_delta=round(entry.f1_macro - rows[0]["f1_macro"], 4),
                        **{key: None for key in row if key.startswith("f1_") and
@@ -59,6 +59,19 @@ def run_benchmark(cfg: DictConfig) -> dict:
     print(markdown)
     return {"metrics": {"benchmark/models": len(rows)}, "models": rows, "peaks_gflops": peaks,
             "machine": machine, "wall_time_s": round(time.perf_counter() - started, 1)}
+
+
+def artifacts_override(artifacts: dict[str, str | Path]) -> str:
+    """The ``benchmark.artifacts={...}`` override for display names and folders: keys reduced to
+    letters, digits and ``_`` (as Hydra's grammar needs), folders quoted."""
+    def quoted(value) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    keys = {name: "".join(c if c.isalnum() else "_" for c in name) for name in artifacts}
+    if len(set(keys.values())) < len(keys):
+        raise ValueError(f"artifact names {list(artifacts)} clash once reduced to {list(keys.values())}")
+    return "benchmark.artifacts={" + ",".join(f"{keys[name]}:{quoted(folder)}"
+                                              for name, folder in artifacts.items()) + "}"
 
 
 def build_published(entry: DictConfig, labels: list[str], folder: Path) -> Path:
@@ -81,7 +94,7 @@ def log_wandb(cfg: DictConfig, rows: list[dict], plot: Path) -> None:
     if "wandb" not in (cfg.get("logger") or {}):
         return
     logger = instantiate(cfg.logger.wandb)
-    columns = [key for key in rows[0] if key != "confusion_matrix"]
+    columns = [key for key in rows[0] if key not in LIST_FIELDS]
     logger.log_table("benchmark", columns=columns, data=[[row[k] for k in columns] for row in rows])
     logger.log_metrics({f"benchmark/{row['model']}/{key}": row[key] for row in rows
                         for key in ("f1_macro", "throughput_sorted", "latency_model_ms_p50",

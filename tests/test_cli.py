@@ -1,0 +1,117 @@
+"""The fincompress command: predict, export, info, bench; bad input gets a named error, exit 2,
+and no output file."""
+
+import csv
+import json
+import os
+import subprocess
+
+import pytest
+
+import fincompress
+from fincompress.data.phrasebank import read_split_file
+
+from .conftest import DATA_DIR, ROOT
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def cli(*args, timeout=600):
+    env = {**os.environ, "FINCOMPRESS_DATA": str(DATA_DIR)}
+    return subprocess.run(["fincompress", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path):
+    result = cli("predict", tiny_classifier, "Sales rose 5 %.", "   ")
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, blank = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = fincompress.load(tiny_classifier).predict(["Sales rose 5 %."])[0]
+    assert first["text"] == "Sales rose 5 %." and first["label"] == expected["label"]
+    assert blank["label"] is None and blank["warning"] == "empty text: no prediction"
+
+    texts = ["Profit rose .", "Sales fell , the company said .", "", "Ünïcödé 😀 text ."]
+    (tmp_path / "in.csv").write_text("id,sentence\n" + "".join(
+        f'{i},"{t}"\n' for i, t in enumerate(texts)), encoding="utf-8")
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    offline = fincompress.load(tiny_classifier).predict(texts)
+    for source, extra, output in (("in.csv", [], "out.csv"), ("in.jsonl", ["--column", "body"], "out.jsonl"),
+                                  ("in.txt", [], "out2.csv")):
+        result = cli("predict", tiny_classifier, "--input", tmp_path / source, *extra,
+                     "--output", tmp_path / output)
+        assert result.returncode == 0, result.stderr[-2000:]
+        if output.endswith(".csv"):
+            with open(tmp_path / output, encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            assert [r["text"] for r in rows] == texts
+            assert [r["label"] or None for r in rows] == [a["label"] for a in offline]
+            expected = offline[0]["probabilities"]["positive"]
+            assert float(rows[0]["p_positive"]) == pytest.approx(expected, abs=1e-5)
+        else:
+            rows = [json.loads(line) for line in (tmp_path / output).read_text().splitlines()]
+            assert [r["label"] for r in rows] == [a["label"] for a in offline]
+        assert "wrote 4 answers" in result.stdout and "1 with a warning" in result.stdout
+
+
+@pytest.mark.parametrize("content, args, message", [
+    (b"fine line\nbad \xff byte\n", [], "in.txt line 2, byte 5: not valid UTF-8 (0xff)"),
+    (b"id,body\n1,hello\n", [], "no 'text' or 'sentence' column; columns: id, body"),
+    (b"id,text\n1,hello\n", ["--column", "sentence"], "no column 'sentence'; columns: id, text"),
+])
+def test_bad_input_files_get_a_named_error_and_no_output(tiny_classifier, tmp_path, content, args,
+                                                          message):
+    name = "in.txt" if content.startswith(b"fine") else "in.csv"
+    (tmp_path / name).write_bytes(content)
+    result = cli("predict", tiny_classifier, "--input", tmp_path / name, *args,
+                 "--output", tmp_path / "out.csv")
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / name]  # nothing written
+
+
+def test_a_folder_that_is_not_a_model_gets_a_named_error(tmp_path):
+    result = cli("info", tmp_path)
+    assert result.returncode == 2 and "holds no model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_info_shows_metrics_lineage_and_machine(tiny_classifier):
+    result = cli("info", tiny_classifier.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stage: stage2, method pkd" in result.stdout
+    assert "f1_macro 0.5000" in result.stdout and "1000" not in result.stdout.split("size")[0]
+    assert f"lineage: {tiny_classifier} <- {tiny_classifier.parent / 'gone'} (not on this machine)" \
+        in result.stdout
+    assert "measured on: Test CPU, 2 cores, ISA avx2" in result.stdout
+
+
+def test_export_int8_reopens_and_bench_agrees_with_load(tiny_classifier, tmp_path, data_dir):
+    """The exported INT8 artifacts open with fincompress.load; the benchmark's labels of the
+    test split are what ``predict`` gives for them."""
+    onnx = tmp_path / "onnx"
+    result = cli("export", tiny_classifier, "--format", "onnx", "--int8", "--output", onnx)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fincompress.load(onnx).engine == "onnxruntime"
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("Profit rose .\nSales fell .\nThe board met .\n")
+    openvino = tmp_path / "openvino"
+    result = cli("export", tiny_classifier, "--format", "openvino", "--int8", "--calibration",
+                 calibration, "--output", openvino)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reopened = fincompress.load(openvino)
+    assert reopened.engine == "openvino" and reopened.info["steps"][0]["calibration_sentences"] == 3
+    again = cli("export", tiny_classifier, "--format", "onnx", "--output", onnx)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+    bench = tmp_path / "bench"
+    result = cli("bench", tiny_classifier, onnx, "--output", bench, "--repeats", "1",
+                 "--latency-sentences", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((bench / "benchmark.json").read_text())["models"]
+    measured = next(row for row in rows if row["dir"] == str(onnx.resolve()))
+    texts = [row.text for row in read_split_file(bench / "split" / "test.csv")]
+    labels = [a["label"] for a in fincompress.load(onnx).predict(texts)]
+    agreement = sum(a == b for a, b in zip(labels, measured["predictions"])) / len(texts)
+    assert len(texts) > 50 and agreement >= 0.99
+    assert (bench / "pareto.png").is_file() and (bench / "benchmark.md").is_file()

@@ -1,0 +1,79 @@
+"""The web demo: started by its one command, answered through its HTTP API, and driven in a real
+headless browser (Debian's chromium through Playwright), which saves a screenshot."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+import fincompress
+
+from .conftest import ROOT
+
+BROWSER = "/usr/bin/chromium"
+TEXT = "Net sales fell 12 % as demand weakened ."
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_classifier, tmp_path_factory):
+    bench = tmp_path_factory.mktemp("bench")
+    (bench / "benchmark.md").write_text("| model | macro-F1 |\n|---|---|\n| tiny | 0.5000 |\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(bench / "demo.log", "w")
+    demo = subprocess.Popen(["fincompress", "demo", "--teacher", str(tiny_classifier), "--student",
+                             str(tiny_classifier.parent), "--benchmark", str(bench), "--port", str(port)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240  # importing gradio takes a while on 2 cores
+        while time.time() < deadline and demo.poll() is None:
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"the demo did not start: {(bench / 'demo.log').read_text()[-2000:]}")
+        yield url
+    finally:
+        demo.terminate()
+        demo.wait(timeout=30)
+        log.close()
+
+
+def test_demo_http_api_gives_both_models_answers(demo_url, tiny_classifier):
+    from gradio_client import Client
+
+    teacher, teacher_status, student, student_status = Client(demo_url, verbose=False).predict(
+        TEXT, api_name="/compare")
+    expected = fincompress.load(tiny_classifier).predict([TEXT])[0]
+    for label, status, name in ((teacher, teacher_status, "teacher"), (student, student_status, "student")):
+        assert label["label"] == expected["label"]
+        assert status.startswith(f"**{name}**: {expected['label']} in ") and " ms " in status
+    empty = Client(demo_url, verbose=False).predict("   ", api_name="/compare")
+    assert empty[1] == "**teacher**: empty text: no prediction"
+    huge = Client(demo_url, verbose=False).predict("Profit rose . " * 20_000, api_name="/compare")
+    assert "text cut to the first 128 tokens" in huge[1]
+
+
+def test_demo_in_a_headless_browser(demo_url, tiny_classifier, tmp_path):
+    assert shutil.which(BROWSER), f"{BROWSER} is missing: apt-get install chromium (see .ci/run)"
+    shot = tmp_path / "demo.png"
+    result = subprocess.run([sys.executable, "scripts/demo_browser.py", demo_url, "--text", TEXT,
+                             "--screenshot", str(shot), "--browser", BROWSER], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    statuses = json.loads(result.stdout)
+    label = fincompress.load(tiny_classifier).predict([TEXT])[0]["label"]
+    assert statuses["teacher"].startswith(f"teacher: {label} in ")
+    assert statuses["student"].startswith(f"student: {label} in ")
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
