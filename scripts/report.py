@@ -12,8 +12,10 @@ these files.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 START, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -33,9 +35,56 @@ def compare_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def report(root: Path, link_base: Path) -> str:
+def loss_shares(study: Path) -> str | None:
+    """Per distilled method (first seed) and stage-1 epoch: each weighted loss term's mean share
+    of the loss (``train/share_*``, logged by the training module) and the validation macro-F1
+    at the epoch's end; shows which term drove each student."""
+    runs = json.loads((study / "study.json").read_text())["runs"]
+    lines = ["| method | stage-1 epoch | share of the loss, by term | val macro-F1 after the epoch |",
+             "|---|---|---|---|"]
+    for method, seeds in runs.items():
+        run = next((r for r in seeds.values() if r["status"] == "ok"), None)
+        info = Path(run["student_dir"]) / "checkpoint_info.json" if run else None
+        stage1 = json.loads(info.read_text()).get("stage1") if info and info.is_file() else None
+        metrics = Path(stage1) / "csv" / "metrics.csv" if stage1 else None
+        if not metrics or not metrics.is_file():
+            continue
+        with open(metrics) as f:
+            rows = list(csv.DictReader(f))
+        for epoch in sorted({r["stage1-epoch"] for r in rows if r.get("stage1-epoch")}, key=float):
+            mine = [r for r in rows if r.get("stage1-epoch") == epoch]
+            shares = {key.removeprefix("stage1-train/share_"): [float(r[key]) for r in mine if r[key]]
+                      for key in rows[0] if key.startswith("stage1-train/share_")}
+            text = ", ".join(f"{name} {sum(v) / len(v):.2f}" for name, v in shares.items() if v)
+            val = [float(r["stage1-val/f1_macro"]) for r in mine if r.get("stage1-val/f1_macro")]
+            lines.append(f"| {method} | {int(float(epoch))} | {text} | "
+                         f"{val[-1]:.4f} |" if val else f"| {method} | {int(float(epoch))} | {text} | |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def pareto_claim(rows: list[dict]) -> str:
+    """Which measured models beat every published row on accuracy, macro-F1 and CPU throughput
+    (the published rows' architectures timed on this machine)."""
+    published = [r for r in rows if r.get("published")]
+    if not published:
+        return "No published rows were measured."
+    winners = [r for r in rows if not r.get("published") and all(
+        r["acc"] > p["acc"] and r["f1_macro"] > p["f1_macro"]
+        and r["throughput_sorted"] > p["throughput_sorted"] for p in published)]
+    names = "; ".join(f"{p['model']} ({p['f1_macro']:.4f} macro-F1, {p['throughput_sorted']:,.1f} "
+                      "sentences/s here)" for p in published)
+    if not winners:
+        return f"No model measured here beats every published row ({names}) on both."
+    return ("Beating every published row (" + names + ") on accuracy, macro-F1 and throughput: "
+            + "; ".join(f"**{r['model']}** ({r['f1_macro']:.4f} macro-F1, "
+                        f"{r['throughput_sorted']:,.1f} sentences/s, {r['size_bytes'] / 2**20:.1f} MiB)"
+                        for r in winners) + ".")
+
+
+def report(root: Path, link_base: Path, figures: Path | None = None) -> str:
     """The markdown; figures are linked relative to ``link_base`` (the folder of the file the
-    markdown goes into)."""
+    markdown goes into), after being copied into ``figures`` when given (a committed folder,
+    since run folders are not)."""
     stages = json.loads((root / "stages.json").read_text())
     parts = []
     benchmark = root / "benchmark" / "benchmark.json"
@@ -59,17 +108,29 @@ def report(root: Path, link_base: Path) -> str:
     if benchmark.is_file():
         parts.append("**Benchmark** (every artifact measured side by side on this machine)\n\n"
                      + (root / "benchmark" / "benchmark.md").read_text().strip())
-        parts.append(_figure(root / "benchmark" / "pareto.png", link_base, "accuracy vs throughput"))
+        rows = json.loads(benchmark.read_text())["models"]
+        parts.append(pareto_claim(rows))
+        parts.append(_figure(root / "benchmark" / "pareto.png", link_base, "accuracy vs throughput",
+                             figures))
+        parts.append(_figure(root / "benchmark" / "confusion_matrices.png", link_base,
+                             "benchmark confusion matrices", figures))
     study = _study_folder(stages)
     if study and (study / "study.md").is_file():
         parts.append("**Distillation study** (test split; mean ± std over seeds)\n\n"
                      + (study / "study.md").read_text().strip())
-        for name in ("temperature_sweep.png", "confusion_matrices.png"):
+        for name in ("temperature_sweep.png", "pkd_beta_sweep.png", "confusion_matrices.png"):
             if (study / name).is_file():
-                parts.append(_figure(study / name, link_base, name.removesuffix(".png")))
+                parts.append(_figure(study / name, link_base, name.removesuffix(".png"), figures,
+                                     f"study_{name}"))
+        shares = loss_shares(study)
+        if shares:
+            parts.append("**What drove each student in stage 1** (mean share of the loss per "
+                         "weighted term, from the training logs; TinyBERT trains features in "
+                         "epoch 0 and soft labels in epoch 1)\n\n" + shares)
     for stage, title in (("ptq", "Post-training INT8 of the best student"),
                          ("qat", "QAT with KD beside PTQ, same student"),
                          ("prune30", "30% of the teacher's heads removed"),
+                         ("prune30_int8", "The 30%-pruned teacher in INT8"),
                          ("prune50", "Half the teacher's heads and FFN neurons removed"),
                          ("compress", "Stacked: distil -> prune -> INT8")):
         results = root / stage / "results.json"
@@ -77,7 +138,8 @@ def report(root: Path, link_base: Path) -> str:
             parts.append(f"**{title}**\n\n" + compare_table(json.loads(results.read_text())))
             curve = root / stage / "pruning_curve.png"
             if curve.is_file():
-                parts.append(_figure(curve, link_base, f"{stage} pruning curve"))
+                parts.append(_figure(curve, link_base, f"{stage} pruning curve", figures,
+                                     f"{stage}_pruning_curve.png"))
     return "\n\n".join(parts) + "\n"
 
 
@@ -89,7 +151,11 @@ def _study_folder(stages: dict) -> Path | None:
     return None
 
 
-def _figure(path: Path, link_base: Path, title: str) -> str:
+def _figure(path: Path, link_base: Path, title: str, figures: Path | None = None,
+            name: str | None = None) -> str:
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+        path = Path(shutil.copy(path, figures / (name or path.name)))
     return f"![{title}]({os.path.relpath(path, link_base)})"
 
 
@@ -97,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="outputs/reproduce/NAME")
     parser.add_argument("--readme", type=Path, help="replace this file's results section too")
+    parser.add_argument("--figures", type=Path, default=Path("docs/results"),
+                        help="with --readme: where the figures are copied (committed)")
     args = parser.parse_args()
     if not (args.root / "stages.json").is_file():
         parser.error(f"{args.root} has no stages.json: run scripts/reproduce.py first")
@@ -109,7 +177,7 @@ def main() -> None:
             parser.error(f"{args.readme} lacks the markers {START} and {END}")
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        body = report(args.root, args.readme.parent)
+        body = report(args.root, args.readme.parent, args.figures)
         args.readme.write_text(f"{head}{START}\n{body}{END}{tail}")
         print(f"written: the results section of {args.readme}")
 

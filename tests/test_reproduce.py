@@ -26,23 +26,48 @@ def test_reproduce_runs_every_stage_and_writes_the_report(tmp_path, data_dir):
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
     root = tmp_path / "reproduce" / "tiny"
     stages = json.loads((root / "stages.json").read_text())
-    for stage in ("teacher", "study", "ptq", "qat", "prune30", "prune50", "compress", "benchmark"):
+    for stage in ("teacher", "study", "ptq", "qat", "prune30", "prune30_int8", "prune50", "compress",
+                  "benchmark"):
         assert stages[stage]["status"] == "ok" and stages[stage]["wall_time_s"] > 0, stage
     assert stages["best_student"]["method"] in ("kd_t2", "pkd")  # chosen on validation
     benchmark = json.loads((root / "benchmark" / "benchmark.json").read_text())
     names = [row["model"] for row in benchmark["models"]]
     assert names[0] == "teacher" and "prune50_final" in names and "compress_final" in names
+    assert "prune30_int8" in names
     report = (root / "report.md").read_text()
     assert "Wall time per stage" in report and "| benchmark | ok |" in report
     assert "![accuracy vs throughput](benchmark/pareto.png)" in report
     assert "QAT with KD beside PTQ" in report and "Stacked" in report
+    assert "What drove each student in stage 1" in report and "| pkd | 0 | kd " in report
     # the README's results section, replaced from the same files
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
-    subprocess.run([sys.executable, "scripts/report.py", str(root), "--readme", str(readme)],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "scripts/report.py", str(root), "--readme", str(readme),
+                    "--figures", str(tmp_path / "docs")], cwd=ROOT, check=True, capture_output=True)
     text = readme.read_text()
     section = text.split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
     assert "Wall time per stage" in section and text.count("<!-- results:begin -->") == 1
+    assert "![accuracy vs throughput](docs/pareto.png)" in section  # copied beside the README
+    assert (tmp_path / "docs" / "pareto.png").is_file()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 8
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 9
+
+
+def test_pareto_claim_names_models_that_beat_every_published_row():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from report import pareto_claim
+
+    published = {"model": "ALBERT", "published": True, "acc": 0.97, "f1_macro": 0.96,
+                 "throughput_sorted": 100.0}
+    rows = [published,
+            {"model": "fast and good", "acc": 0.98, "f1_macro": 0.97, "throughput_sorted": 900.0,
+             "size_bytes": 2**20},
+            {"model": "fast, worse", "acc": 0.95, "f1_macro": 0.94, "throughput_sorted": 900.0,
+             "size_bytes": 2**20},
+            {"model": "good, slower", "acc": 0.98, "f1_macro": 0.97, "throughput_sorted": 90.0,
+             "size_bytes": 2**20}]
+    claim = pareto_claim(rows)
+    assert "**fast and good** (0.9700 macro-F1, 900.0 sentences/s, 1.0 MiB)" in claim
+    assert "fast, worse" not in claim and "good, slower" not in claim
+    assert pareto_claim(rows[:1] + rows[2:]).startswith("No model measured here beats")
+    assert pareto_claim(rows[1:]) == "No published rows were measured."
