@@ -42,3 +42,19 @@ def test_main_job_runs(tmp_path, data_dir):
     (run,) = (tmp_path / "pkd").iterdir()
     assert (run / "student" / "checkpoint_info.json").is_file()
     assert (run / "results.json").is_file()
+
+
+def test_readme_fincompress_commands_parse():
+    """Every ``fincompress ...`` line of "Using a model" names a real subcommand and real flags."""
+    import shlex
+
+    from fincompress.cli import parser
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Using a model", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+             for line in block.splitlines() if line.startswith("fincompress ")]
+    assert {shlex.split(line)[1] for line in lines} == {"predict", "export", "info", "bench",
+                                                         "serve", "demo"}
+    for line in lines:
+        parser().parse_args(shlex.split(line)[1:])  # argparse exits on an unknown flag
