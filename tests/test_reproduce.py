@@ -67,7 +67,8 @@ def test_pareto_claim_names_models_that_beat_every_published_row():
             {"model": "good, slower", "acc": 0.98, "f1_macro": 0.97, "throughput_sorted": 90.0,
              "size_bytes": 2**20}]
     claim = pareto_claim(rows)
-    assert "**fast and good** (0.9700 macro-F1, 900.0 sentences/s, 1.0 MiB)" in claim
+    assert ("**fast and good** (macro-F1 0.9700, accuracy 0.9800, 900.0 sentences/s, 1.0 MiB; "
+            "accuracy above every published row too)") in claim
     assert "fast, worse" not in claim and "good, slower" not in claim
     assert pareto_claim(rows[:1] + rows[2:]).startswith("No model measured here beats")
     assert pareto_claim(rows[1:]) == "No published rows were measured."
