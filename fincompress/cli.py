@@ -276,8 +276,8 @@ def bench(args) -> None:
     names = {}
     for path in args.models:
         model = fincompress.load(path)  # fails early on a folder that is not a model
-        name = model.folder.parent.name if model.folder.name in ("model", "student") \
-            else model.folder.name
+        # a stage's model/ folder is named by its stage key; anything else by its own name
+        name = model.folder.parent.name if model.folder.name == "model" else model.folder.name
         while name in names:
             name += "_"
         names[name] = str(model.folder.resolve())
@@ -363,7 +363,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=32, help="texts per model call")
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="texts per model call (16 and 5 ms: best measured by scripts/load_test.py)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more requests")
     p.add_argument("--max-texts", type=int, default=256, help="texts per request")

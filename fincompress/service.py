@@ -113,7 +113,7 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
     return data
 
 
-def create_app(model_path, max_batch: int = 32, max_wait_ms: float = 5.0, max_texts: int = 256,
+def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_texts: int = 256,
                max_body_bytes: int = 1_000_000, threads: int | None = None) -> FastAPI:
     if max_batch < 1 or max_wait_ms < 0 or max_texts < 1 or max_body_bytes < 1:
         raise ValueError(f"max_batch ({max_batch}), max_texts ({max_texts}) and max_body_bytes "

@@ -68,6 +68,8 @@ def artifacts_override(artifacts: dict[str, str | Path]) -> str:
         return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     keys = {name: "".join(c if c.isalnum() else "_" for c in name) for name in artifacts}
+    # a key of digits (a timestamped run folder) would be read as a number
+    keys = {name: key if key[:1].isalpha() else f"m_{key}" for name, key in keys.items()}
     if len(set(keys.values())) < len(keys):
         raise ValueError(f"artifact names {list(artifacts)} clash once reduced to {list(keys.values())}")
     return "benchmark.artifacts={" + ",".join(f"{keys[name]}:{quoted(folder)}"
