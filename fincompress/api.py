@@ -90,13 +90,14 @@ class Model:
         return answers
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
-        """Token ids cut to ``max_length`` (special tokens included), and whether each text
-        was cut."""
+        """Token ids cut to ``max_length`` (special tokens included, the final one kept), and
+        whether each text was cut; each text is tokenized once."""
         cap = self.max_length * CHARS_PER_TOKEN_CAP
-        ids = self.predictor.encode([text[:cap] for text in texts], self.max_length)
         full = self.predictor.tokenizer([text[:cap] for text in texts])["input_ids"]
-        return ids, [len(text) > cap or len(whole) > len(cut)
-                     for text, whole, cut in zip(texts, full, ids)]
+        ids = [whole if len(whole) <= self.max_length else whole[:self.max_length - 1] + whole[-1:]
+               for whole in full]
+        return ids, [len(text) > cap or len(whole) > self.max_length
+                     for text, whole in zip(texts, full)]
 
 
 def _empty() -> dict:
