@@ -107,11 +107,15 @@ def save_model_folder(model, tokenizer, folder: str | Path, info: dict,
 
 
 def load_best_weights(trainer: L.Trainer, module: L.LightningModule) -> None:
-    """Put the best checkpoint's weights (by the monitored metric) back into ``module``."""
+    """Put the best checkpoint's weights (by the monitored metric) back into ``module``, then
+    delete the checkpoint folder: a stage keeps its saved model, not the epochs (an MPNet
+    checkpoint with optimizer state is over 1 GB)."""
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_path:
         state = torch.load(callback.best_model_path, weights_only=False)["state_dict"]
         module.load_state_dict(state)
+    if callback is not None and callback.dirpath:
+        shutil.rmtree(callback.dirpath, ignore_errors=True)
 
 
 def best_score(trainer: L.Trainer) -> float | None:

@@ -7,7 +7,6 @@ NNCF's fake quantizers) and the settings group (``prune.recover`` or ``qat``).""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import lightning as L
@@ -51,7 +50,4 @@ def kd_finetune(cfg: DictConfig, settings: DictConfig, model, tokenizer, phraseb
     trainer = build_trainer(stage, prefix=prefix)
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=phrasebank.val_dataloader())
     load_best_weights(trainer, module)
-    score = best_score(trainer)
-    if trainer.checkpoint_callback is not None:  # the stage keeps the model, not the epochs
-        shutil.rmtree(trainer.checkpoint_callback.dirpath, ignore_errors=True)
-    return score
+    return best_score(trainer)
