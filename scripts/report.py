@@ -1,6 +1,6 @@
 """The study's report, written from the files its stages wrote (``scripts/reproduce.py``).
 
-    python scripts/report.py outputs/reproduce/NAME [--readme README.md]
+    python scripts/report.py outputs/reproduce/NAME [--readme README.md] [--seeds-study DIR]
 
 Writes ``report.md`` in that folder: the machine, each stage's wall time, the benchmark table
 and plot, the study table (mean ± std over seeds) and plots, and the INT8, QAT, pruning and
@@ -90,10 +90,12 @@ def pareto_claim(rows: list[dict]) -> str:
                         f"{accuracy_note(r)})" for r in winners) + ".")
 
 
-def report(root: Path, link_base: Path, figures: Path | None = None) -> str:
+def report(root: Path, link_base: Path, figures: Path | None = None,
+           seeds_study: Path | None = None) -> str:
     """The markdown; figures are linked relative to ``link_base`` (the folder of the file the
     markdown goes into), after being copied into ``figures`` when given (a committed folder,
-    since run folders are not)."""
+    since run folders are not). ``seeds_study``: a ``scripts/study.py`` folder run with more
+    seeds, shown after the reproduction's own study."""
     stages = json.loads((root / "stages.json").read_text())
     seeds = stages.get("study", {}).get("command", [])
     seeds = seeds[seeds.index("--seeds") + 1] if "--seeds" in seeds else "?"
@@ -130,17 +132,16 @@ def report(root: Path, link_base: Path, figures: Path | None = None) -> str:
                              "benchmark confusion matrices", figures))
     study = _study_folder(stages)
     if study and (study / "study.md").is_file():
-        parts.append("**Distillation study** (test split; mean ± std over seeds)\n\n"
-                     + (study / "study.md").read_text().strip())
-        for name in ("temperature_sweep.png", "pkd_beta_sweep.png", "confusion_matrices.png"):
-            if (study / name).is_file():
-                parts.append(_figure(study / name, link_base, name.removesuffix(".png"), figures,
-                                     f"study_{name}"))
+        parts += study_section(study, f"{seeds} seed(s)", link_base, figures, "study_")
         shares = loss_shares(study)
         if shares:
             parts.append("**What drove each student in stage 1** (mean share of the loss per "
                          "weighted term, from the training logs; TinyBERT trains features in "
                          "epoch 0 and soft labels in epoch 1)\n\n" + shares)
+    if seeds_study is not None:
+        runs = json.loads((seeds_study / "study.json").read_text())["runs"]
+        count = max(len(seeds) for seeds in runs.values())
+        parts += study_section(seeds_study, f"{count} seeds", link_base, figures, "seeds_")
     for stage, title in (("ptq", "Post-training INT8 of the best student"),
                          ("qat", "QAT with KD beside PTQ, same student"),
                          ("prune30", "30% of the teacher's heads removed"),
@@ -155,6 +156,18 @@ def report(root: Path, link_base: Path, figures: Path | None = None) -> str:
                 parts.append(_figure(curve, link_base, f"{stage} pruning curve", figures,
                                      f"{stage}_pruning_curve.png"))
     return "\n\n".join(parts) + "\n"
+
+
+def study_section(study: Path, seeds: str, link_base: Path, figures: Path | None,
+                  prefix: str) -> list[str]:
+    """A study's table (each score the mean ± std over its seeds) and plots."""
+    parts = [f"**Distillation study, {seeds}** (`{study.name}`; test split; mean ± std over "
+             "seeds)\n\n" + (study / "study.md").read_text().strip()]
+    for name in ("temperature_sweep.png", "pkd_beta_sweep.png", "confusion_matrices.png"):
+        if (study / name).is_file():
+            parts.append(_figure(study / name, link_base, f"{prefix}{name.removesuffix('.png')}",
+                                 figures, f"{prefix}{name}"))
+    return parts
 
 
 def _study_folder(stages: dict) -> Path | None:
@@ -179,10 +192,15 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, help="replace this file's results section too")
     parser.add_argument("--figures", type=Path, default=Path("docs/results"),
                         help="with --readme: where the figures are copied (committed)")
+    parser.add_argument("--seeds-study", type=Path,
+                        help="a scripts/study.py folder (outputs/study/NAME) run over several "
+                             "seeds, added after the reproduction's study")
     args = parser.parse_args()
+    if args.seeds_study is not None and not (args.seeds_study / "study.md").is_file():
+        parser.error(f"{args.seeds_study} has no study.md: run scripts/study.py first")
     if not (args.root / "stages.json").is_file():
         parser.error(f"{args.root} has no stages.json: run scripts/reproduce.py first")
-    markdown = report(args.root, args.root)
+    markdown = report(args.root, args.root, seeds_study=args.seeds_study)
     (args.root / "report.md").write_text(markdown)
     print(f"written: {args.root / 'report.md'}")
     if args.readme:
@@ -191,7 +209,7 @@ def main() -> None:
             parser.error(f"{args.readme} lacks the markers {START} and {END}")
         head, rest = text.split(START, 1)
         _, tail = rest.split(END, 1)
-        body = report(args.root, args.readme.parent, args.figures)
+        body = report(args.root, args.readme.parent, args.figures, args.seeds_study)
         args.readme.write_text(f"{head}{START}\n{body}{END}{tail}")
         print(f"written: the results section of {args.readme}")
 

@@ -71,3 +71,32 @@ def test_pareto_claim_names_models_that_beat_every_published_row():
     assert "fast, worse" not in claim and "good, slower" not in claim
     assert pareto_claim(rows[:1] + rows[2:]).startswith("No model measured here beats")
     assert pareto_claim(rows[1:]) == "No published rows were measured."
+
+
+def test_report_adds_a_study_run_over_more_seeds(tmp_path):
+    """``--seeds-study`` appends another study's table (mean ± std) and copies its plots beside
+    the README; a folder that is not a study is refused by name."""
+    root = tmp_path / "reproduce" / "one"
+    root.mkdir(parents=True)
+    (root / "stages.json").write_text(json.dumps({"teacher": {"status": "ok", "wall_time_s": 60}}))
+    seeds = tmp_path / "study" / "three"
+    seeds.mkdir(parents=True)
+    (seeds / "study.md").write_text("| seeds | model | macro-F1 |\n|---|---|---|\n"
+                                    "| 3 | kd_t2 minilm | 0.9400 ± 0.0100 |\n")
+    runs = {"kd_t2": {"42": {}, "43": {}, "44": {}}, "ce": {"42": {}}}
+    (seeds / "study.json").write_text(json.dumps({"runs": runs}))
+    (seeds / "temperature_sweep.png").write_bytes(b"png")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")
+    script = [sys.executable, "scripts/report.py", str(root), "--readme", str(readme), "--figures",
+              str(tmp_path / "docs")]
+    subprocess.run([*script, "--seeds-study", str(seeds)], cwd=ROOT, check=True,
+                   capture_output=True)
+    text = readme.read_text()
+    assert "**Distillation study, 3 seeds** (`three`" in text and "0.9400 ± 0.0100" in text
+    assert "(docs/seeds_temperature_sweep.png)" in text and "old" not in text
+    assert text.startswith("intro\n") and text.endswith("end\n")
+    assert (tmp_path / "docs" / "seeds_temperature_sweep.png").read_bytes() == b"png"
+    refused = subprocess.run([*script, "--seeds-study", str(tmp_path)], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and f"{tmp_path} has no study.md" in refused.stderr
