@@ -144,6 +144,7 @@ def report(root: Path, link_base: Path, figures: Path | None = None,
         parts += study_section(seeds_study, f"{count} seeds", link_base, figures, "seeds_")
     for stage, title in (("ptq", "Post-training INT8 of the best student"),
                          ("qat", "QAT with KD beside PTQ, same student"),
+                         ("teacher_int8", "The teacher in INT8 (post-training)"),
                          ("prune30", "30% of the teacher's heads removed"),
                          ("prune30_int8", "The 30%-pruned teacher in INT8"),
                          ("prune50", "Half the teacher's heads and FFN neurons removed"),

@@ -5,19 +5,21 @@
 
 Stages, in order; each is a ``train.py`` run (or the study script) into
 ``<output-root>/reproduce/<name>/<stage>``, and everything they train is a stored stage, so a
-rerun after a crash resumes where it stopped:
+rerun after a crash resumes where it stopped (``--redo STAGE`` runs a finished stage again):
 
 1. ``teacher``: the teacher (MPNet-base offline with ``teacher=mpnet_base``);
 2. ``study``: fresh, converged fresh, CE, KD T=2/5/9, PKD and TinyBERT students (pseudo-labels
    made once), ``--seeds`` runs each;
 3. ``ptq`` and ``qat``: INT8 of the best distilled student (chosen on validation);
+   ``teacher_int8``: the teacher itself in INT8 (post-training);
 4. ``prune30``, ``prune30_int8`` and ``prune50``: 30% of the teacher's heads, then that model
    in INT8; half its heads and FFN neurons;
 5. ``compress``: distil -> prune -> QAT INT8, stacked;
 6. ``benchmark``: every artifact above measured side by side on this CPU;
 7. the report: ``report.md`` (tables and figures) from the files the stages wrote.
 
-``stages.json`` records each stage's command, status and wall time. The overrides after ``--``
+``stages.json`` records each stage's command, status and wall time, and their sum (a resumed run
+counts the stages that ran earlier at their recorded times). The overrides after ``--``
 go to every stage; ``--stage-overrides STAGE=OVERRIDE`` adds one to one stage only.
 """
 
@@ -33,8 +35,8 @@ from pathlib import Path
 from fincompress.stages.bench import artifacts_override
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["teacher", "study", "ptq", "qat", "prune30", "prune30_int8", "prune50", "compress",
-          "benchmark"]
+STAGES = ["teacher", "study", "ptq", "qat", "teacher_int8", "prune30", "prune30_int8", "prune50",
+          "compress", "benchmark"]
 STUDY_METHODS = "fresh,fresh_converged,ce,kd_t2,kd_t5,kd_t9,pkd,pkd_b1,pkd_b10,pkd_b100,tinybert"
 
 
@@ -84,6 +86,8 @@ def main() -> None:
     parser.add_argument("--methods", default=STUDY_METHODS, help="the study's methods")
     parser.add_argument("--stage-overrides", action="append", default=[], metavar="STAGE=OVERRIDE",
                         help="an override for one stage only (repeatable)")
+    parser.add_argument("--redo", action="append", default=[], choices=STAGES,
+                        help="run this stage again although it finished earlier (repeatable)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every stage, after --")
     args = parser.parse_args()
     extra: dict[str, list[str]] = {}
@@ -99,8 +103,14 @@ def main() -> None:
     state_file = root / "stages.json"
     record = json.loads(state_file.read_text()) if state_file.is_file() else {}
 
+    for stage in args.redo:
+        record.pop(stage, None)
+
     def step(stage: str, command: list[str]) -> bool:
         record[stage] = run(stage, command, root / stage, record)
+        for name in STAGES:  # stages.json lists the stages in their order
+            if name in record:
+                record[name] = record.pop(name)
         root.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(record, indent=2))
         return record[stage]["status"] == "ok"
@@ -123,6 +133,9 @@ def main() -> None:
                       *extra.get("ptq", [])))
     step("qat", train(root / "qat", "+experiment=qat", f"qat.source={student}", *common, *pin,
                       *extra.get("qat", [])))
+    step("teacher_int8", train(root / "teacher_int8", "+experiment=ptq",
+                               f"quantize.source={root / 'teacher' / 'model'}", *common, *pin,
+                               *extra.get("teacher_int8", [])))
     step("prune30", train(root / "prune30", "+experiment=prune", "prune.heads=0.3", "prune.ffn=0",
                           *common, *pin, *extra.get("prune30", [])))
     prune30 = root / "prune30" / "results.json"
@@ -137,11 +150,11 @@ def main() -> None:
                            *common, *pin,
                            *extra.get("compress", [])))
     artifacts = {"teacher": best["teacher_dir"], f"{best['method']} student": student}
-    for stage, key in (("ptq", "chosen"), ("qat", "chosen"), ("prune30_int8", "chosen")):
+    for stage in ("ptq", "qat", "teacher_int8", "prune30_int8"):
         results = root / stage / "results.json"
         if results.is_file():
-            name = stage.replace("_", " ") if stage.startswith("prune") else f"{best['method']} {stage} int8"
-            artifacts[name] = json.loads(results.read_text())[key]["dir"]
+            name = f"{best['method']} {stage} int8" if stage in ("ptq", "qat") else stage
+            artifacts[name] = json.loads(results.read_text())["chosen"]["dir"]
     for stage in ("prune30", "prune50", "compress"):
         results = root / stage / "results.json"
         if results.is_file():
@@ -149,11 +162,13 @@ def main() -> None:
     step("benchmark", train(root / "benchmark", "+experiment=benchmark",
                             artifacts_override(artifacts), *common, *pin,
                             *extra.get("benchmark", [])))
-    record["total_wall_time_s"] = round(time.perf_counter() - started, 1)
+    record["total_wall_time_s"] = round(sum(record[s]["wall_time_s"] for s in STAGES if s in record), 1)
+    record["this_invocation_s"] = round(time.perf_counter() - started, 1)
     state_file.write_text(json.dumps(record, indent=2))
     report = subprocess.run([sys.executable, "scripts/report.py", str(root)], cwd=ROOT)
     failed = [s for s in STAGES if record.get(s, {}).get("status") != "ok"]
-    print(f"[reproduce] done in {record['total_wall_time_s']} s; "
+    print(f"[reproduce] done: stages {record['total_wall_time_s']} s in all, this invocation "
+          f"{record['this_invocation_s']} s; "
           + (f"failed stages: {failed}" if failed else "every stage ok"))
     if failed or report.returncode:
         sys.exit(1)

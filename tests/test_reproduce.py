@@ -26,14 +26,18 @@ def test_reproduce_runs_every_stage_and_writes_the_report(tmp_path, data_dir):
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
     root = tmp_path / "reproduce" / "tiny"
     stages = json.loads((root / "stages.json").read_text())
-    for stage in ("teacher", "study", "ptq", "qat", "prune30", "prune30_int8", "prune50", "compress",
-                  "benchmark"):
+    stage_names = ["teacher", "study", "ptq", "qat", "teacher_int8", "prune30", "prune30_int8",
+                   "prune50", "compress", "benchmark"]
+    assert [s for s in stages if s in stage_names] == stage_names  # in order
+    assert stages["total_wall_time_s"] == pytest.approx(
+        sum(stages[s]["wall_time_s"] for s in stage_names), abs=0.2)
+    for stage in stage_names:
         assert stages[stage]["status"] == "ok" and stages[stage]["wall_time_s"] > 0, stage
     assert stages["best_student"]["method"] in ("kd_t2", "pkd")  # chosen on validation
     benchmark = json.loads((root / "benchmark" / "benchmark.json").read_text())
     names = [row["model"] for row in benchmark["models"]]
     assert names[0] == "teacher" and "prune50_final" in names and "compress_final" in names
-    assert "prune30_int8" in names
+    assert "prune30_int8" in names and "teacher_int8" in names
     report = (root / "report.md").read_text()
     assert "Wall time per stage" in report and "| benchmark | ok |" in report
     assert "![accuracy vs throughput](benchmark/pareto.png)" in report
@@ -49,7 +53,11 @@ def test_reproduce_runs_every_stage_and_writes_the_report(tmp_path, data_dir):
     assert "![accuracy vs throughput](docs/pareto.png)" in section  # copied beside the README
     assert (tmp_path / "docs" / "pareto.png").is_file()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 9
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 10
+    redo = subprocess.run([*command[:2], "--redo", "benchmark", *command[2:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert redo.returncode == 0 and redo.stdout.count("done earlier") == 9
+    assert "[reproduce] benchmark: ok" in redo.stdout
 
 
 def test_pareto_claim_names_models_that_beat_every_published_row():
