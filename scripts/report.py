@@ -84,8 +84,13 @@ def pareto_claim(rows: list[dict]) -> str:
         return "accuracy " + ", ".join(f"{p['acc'] - row['acc']:.4f} below {p['model']}'s"
                                        for p in behind)
 
+    reference = rows[0].get("dir")  # the benchmark's first row
+
+    def kind(row: dict) -> str:  # the reference's own rows (fp32, bf16) are not compressed
+        return "the uncompressed reference; " if reference and row.get("dir") == reference else ""
+
     return ("Beating every published row (" + names + ") on macro-F1 and throughput: "
-            + "; ".join(f"**{r['model']}** (macro-F1 {r['f1_macro']:.4f}, accuracy {r['acc']:.4f}, "
+            + "; ".join(f"**{r['model']}** ({kind(r)}macro-F1 {r['f1_macro']:.4f}, accuracy {r['acc']:.4f}, "
                         f"{r['throughput_sorted']:,.1f} sentences/s, {r['size_bytes'] / 2**20:.1f} MiB; "
                         f"{accuracy_note(r)})" for r in winners) + ".")
 

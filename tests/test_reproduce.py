@@ -73,6 +73,10 @@ def test_pareto_claim_names_models_that_beat_every_published_row():
              "size_bytes": 2**20},
             {"model": "good, slower", "acc": 0.98, "f1_macro": 0.97, "throughput_sorted": 90.0,
              "size_bytes": 2**20}]
+    reference = {"model": "teacher (bf16)", "dir": "teacher", "acc": 0.99, "f1_macro": 0.98,
+                 "throughput_sorted": 200.0, "size_bytes": 2**20}
+    assert "**teacher (bf16)** (the uncompressed reference; macro-F1 0.9800" in pareto_claim(
+        [{**reference, "model": "teacher"}, published, reference])
     claim = pareto_claim(rows)
     assert ("**fast and good** (macro-F1 0.9700, accuracy 0.9800, 900.0 sentences/s, 1.0 MiB; "
             "accuracy above every published row too)") in claim
