@@ -145,7 +145,7 @@ def report(root: Path, link_base: Path, figures: Path | None = None,
                          "epoch 0 and soft labels in epoch 1)\n\n" + shares)
     if seeds_study is not None:
         runs = json.loads((seeds_study / "study.json").read_text())["runs"]
-        count = max(len(seeds) for seeds in runs.values())
+        count = max(len(per_seed) for per_seed in runs.values())
         parts += study_section(seeds_study, f"{count} seeds", link_base, figures, "seeds_")
     for stage, title in (("ptq", "Post-training INT8 of the best student"),
                          ("qat", "QAT with KD beside PTQ, same student"),

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,6 +138,10 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert scores["kl_teacher_student"] == pytest.approx(saved["student"]["kl_teacher_student"],
                                                          rel=1e-3, abs=1e-5)
     assert (experiment == "fresh") == (info["stage1"] is None) == (saved["fresh"] is None)
+    # stage 1, stage 2 and the fresh baseline keep their saved models, not Lightning checkpoints
+    fresh_stage = saved["fresh"] and Path(saved["fresh"]["dir"]).parent  # <stage>/model
+    kept = [run, *(Path(folder) for folder in (info["stage1"], fresh_stage) if folder)]
+    assert not [c for folder in kept for c in folder.glob("**/*.ckpt")]
     if saved["fresh"]:  # the baseline is the same student, not distilled
         fresh, _ = load_classifier(saved["fresh"]["dir"], LABELS)
         assert fresh.config.to_dict()["num_hidden_layers"] == 2
