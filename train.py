@@ -1,4 +1,8 @@
-"""Hydra entry point: ``python train.py +experiment=NAME [overrides]``."""
+"""Hydra entry point: ``python train.py +experiment=NAME [overrides]``.
+
+The configs live inside the package (``fincompress/conf``), so an installed fincompress
+composes them wherever it runs.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fincompress.pipeline import StudentMismatchError, run_distill
-from fincompress.stages.bench import run_benchmark
+from fincompress.stages.benchmark import run_benchmark
 from fincompress.stages.compress import run_compress
+from fincompress.stages.distill import StudentMismatchError, run_distill
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import run_ptq
-from fincompress.teacher.train import train_teacher
+from fincompress.stages.teacher import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
          "ptq": run_ptq, "qat": run_qat,
          "compress": run_compress, "benchmark": run_benchmark}
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://fincompress.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(TASKS)}")

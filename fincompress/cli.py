@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import io
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from fincompress.files import atomic_file, atomic_folder, folder_size_bytes
 
 
 class InputError(ValueError):
@@ -100,8 +98,7 @@ def write_answers(path: Path, texts: list[str], answers: list[dict], labels: lis
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise InputError(f"{path}: unknown output format {suffix!r}; use .csv or .jsonl")
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="", encoding="utf-8") as out:
+    with atomic_file(path, newline="") as out:
         if suffix == ".jsonl":
             for text, answer in zip(texts, answers):
                 out.write(json.dumps({"text": text, **answer}, ensure_ascii=False) + "\n")
@@ -114,7 +111,6 @@ def write_answers(path: Path, texts: list[str], answers: list[dict], labels: lis
                 writer.writerow([text, answer["label"] or "",
                                  *[_round(probabilities.get(label)) for label in labels],
                                  answer["tokens"], answer["truncated"], answer.get("warning", "")])
-    partial.replace(path)
 
 
 def _round(value):
@@ -155,10 +151,10 @@ def predict(args) -> None:
 
 def export(args) -> None:
     import fincompress
+    from fincompress.artifacts import write_checkpoint_info
     from fincompress.compress.int8 import ONNXRuntimeBackend, OpenVINOBackend
     from fincompress.hardware import cpu_info
-    from fincompress.models.sources import folder_size_bytes, load_classifier
-    from fincompress.runs import write_json
+    from fincompress.models.sources import load_classifier
 
     source = fincompress.load(args.model)  # a clear error for a folder that is not a model
     if source.engine != "torch":
@@ -177,19 +173,12 @@ def export(args) -> None:
                        else training_sentences(args.calibration_size))
         calibration = [text for text in calibration if text.strip()]
     model, tokenizer = load_classifier(str(source.folder), source.labels)
-    staging = output.with_name(output.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with atomic_folder(output, replace=False) as staging:
         record = backend.export(model, tokenizer, calibration, staging, source.max_length)
-        write_json({"stage": "export", "source": str(source.folder), "labels": source.labels,
-                    "steps": [record], "machine": {"cpu": cpu_info().get("model")},
-                    "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "source_metrics": source.info.get("metrics"),
-                    "size_on_disk_bytes": folder_size_bytes(staging)},
-                   staging / "checkpoint_info.json")
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_checkpoint_info(staging, {"stage": "export", "source": str(source.folder),
+                                        "labels": source.labels, "steps": [record],
+                                        "machine": {"cpu": cpu_info().get("model")},
+                                        "source_metrics": source.info.get("metrics")})
     print(f"wrote {output}: {args.format}{' INT8' if args.int8 else ''}, "
           f"{folder_size_bytes(output) / 2**20:.1f} MiB (source "
           f"{folder_size_bytes(source.folder) / 2**20:.1f} MiB)")
@@ -198,14 +187,11 @@ def export(args) -> None:
 def training_sentences(count: int) -> list[str]:
     """The PhraseBank training split (never val or test), shuffled as PTQ calibrates, from the
     data directory (``FINCOMPRESS_DATA``, else ``../shared/data``)."""
-    from hydra.utils import instantiate
+    from fincompress.data.datamodule import phrasebank_split
+    from fincompress.data.phrasebank import calibration_texts
 
-    from fincompress.stages.quantize import calibration_texts
-
-    cfg = _compose([f"quantize.calibration_sentences={count}"])
-    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
-    split.prepare_splits()
-    return calibration_texts(cfg, split)
+    cfg = compose_config([])
+    return calibration_texts(phrasebank_split(cfg).splits["train"], count, cfg.seed)
 
 
 def info(args) -> None:
@@ -271,7 +257,7 @@ def lineage(folder: Path, record: dict, depth: int = 8) -> list[str]:
 def bench(args) -> None:
     """The benchmark stage (``+experiment=benchmark``) on the given folders."""
     import fincompress
-    from fincompress.stages.bench import artifacts_override, run_benchmark
+    from fincompress.stages.benchmark import artifacts_override, run_benchmark
 
     names = {}
     for path in args.models:
@@ -287,17 +273,15 @@ def bench(args) -> None:
                  f"benchmark.latency_sentences={args.latency_sentences}"]
     if not args.published:
         overrides.append("benchmark.published=[]")
-    run_benchmark(_compose(overrides))
+    run_benchmark(compose_config(overrides))
     print(f"written: {output}/benchmark.{{json,csv,md}}, pareto.png, confusion_matrices.png")
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+def compose_config(overrides: list[str]):
+    """The ``train.py`` config with ``overrides``, from the configs inside the package."""
+    from hydra import compose, initialize_config_module
 
-    if not CONF_DIR.is_dir():
-        raise InputError(f"this command needs the project's configs ({CONF_DIR}); run it from a "
-                         "checkout installed with pip install -e .")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module="fincompress.conf", version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 

@@ -1,4 +1,9 @@
-"""Classification metrics (torchmetrics) and the confusion-matrix figure."""
+"""Classification metrics (torchmetrics), test diagnostics and the confusion-matrix figure.
+
+Diagnostics compare a model with a reference (its teacher) on the same sentences: accuracy,
+macro-F1, per-class F1, confusion matrix, mean KL(teacher || student), agreement with the
+teacher's labels, and expected calibration error (15 equal-width confidence bins).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,14 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
     MulticlassF1Score,
 )
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_calibration_error,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
+
+from fincompress.distill.kd import kl_teacher_student
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -33,6 +46,26 @@ def scalar_metrics(values: dict[str, torch.Tensor], labels: list[str]) -> dict[s
         elif not name.endswith("confusion_matrix"):
             scalars[name] = float(value)
     return scalars
+
+
+def diagnostics(logits: torch.Tensor, gold: torch.Tensor, labels: list[str],
+                teacher_logits: torch.Tensor | None = None) -> dict:
+    """Test-split diagnostics; ``gold`` (N,) label ids, logits (N, classes)."""
+    classes = len(labels)
+    probabilities = logits.float().softmax(dim=-1)
+    per_class = multiclass_f1_score(probabilities, gold, classes, average=None)
+    result = {
+        "acc": float(multiclass_accuracy(probabilities, gold, classes, average="micro")),
+        "f1_macro": float(multiclass_f1_score(probabilities, gold, classes, average="macro")),
+        **{f"f1_{label}": float(v) for label, v in zip(labels, per_class)},
+        "ece": float(multiclass_calibration_error(probabilities, gold, classes, n_bins=15)),
+        "confusion_matrix": multiclass_confusion_matrix(probabilities, gold, classes).tolist(),
+    }
+    if teacher_logits is not None:
+        result["kl_teacher_student"] = float(kl_teacher_student(logits, teacher_logits))
+        result["agreement_with_teacher"] = float(
+            (logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean())
+    return result
 
 
 def save_confusion_matrices(matrices: dict[str, list[list[int]]], labels: list[str],

@@ -14,12 +14,13 @@ import lightning as L
 import torch
 
 from fincompress.distill.kd import CrossEntropyLoss
+from fincompress.distill.loss import DistillationLoss
 from fincompress.metrics import classification_metrics, scalar_metrics
 
 
 class ClassifierModule(L.LightningModule):
     def __init__(self, model: torch.nn.Module, labels: list[str], optimizer, scheduler=None,
-                 loss: torch.nn.Module | None = None, teacher: torch.nn.Module | None = None):
+                 loss: DistillationLoss | None = None, teacher: torch.nn.Module | None = None):
         super().__init__()
         self.model = model.train()  # from_pretrained returns eval mode: dropout would stay off
         self.labels = list(labels)
@@ -41,8 +42,7 @@ class ClassifierModule(L.LightningModule):
         return self
 
     def on_train_epoch_start(self) -> None:
-        if hasattr(self.loss, "start_epoch"):  # losses with phases (TinyBERT's two)
-            self.loss.start_epoch(self.current_epoch, self.trainer.max_epochs)
+        self.loss.start_epoch(self.current_epoch, self.trainer.max_epochs)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits, shape (batch, num_labels), in float32."""

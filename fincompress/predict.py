@@ -4,6 +4,8 @@
 has it natively, see :mod:`fincompress.hardware`), an OpenVINO IR (``model.xml``) or an ONNX
 graph (``model.onnx``), fp32 or INT8. Every predictor turns texts into logits in length-sorted
 batches padded to their own longest sentence, so scoring and timing treat every engine alike.
+This is the project's one inference loop: scoring, the benchmark, pseudo-labelling (with the
+teacher's [CLS] states) and the API all run through :meth:`Predictor.logits_ids`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import json
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from fincompress.data.datamodule import pad_collate
+from fincompress.data.batching import pad_collate
 from fincompress.hardware import autocast_dtype, native_bf16
 
 
@@ -29,27 +32,45 @@ class Predictor:
         return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
     def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128,
-               sort: bool = True) -> torch.Tensor:
+               sort: bool = True, description: str | None = None) -> torch.Tensor:
         """(N, classes) float32, in input order."""
-        return self.logits_ids(self.encode(texts, max_length), batch_size, sort)
+        return self.logits_ids(self.encode(texts, max_length), batch_size, sort,
+                               description=description)
 
-    def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32,
-                   sort: bool = True) -> torch.Tensor:
-        """Logits of tokenized sentences, in input order; batches are padded to their own
-        longest sentence, and with ``sort`` formed from sentences of similar length."""
+    def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32, sort: bool = True,
+                   description: str | None = None, cls_states: bool = False):
+        """Logits of tokenized sentences, (N, classes) float32 in input order; batches are
+        padded to their own longest sentence, and with ``sort`` formed from sentences of
+        similar length. ``description`` shows a progress bar.
+
+        With ``cls_states`` (PyTorch models only) also the [CLS] state of every hidden layer,
+        (N, layers + 1, hidden) float16 (index 0 = embeddings): ``(logits, cls)``."""
         collate = pad_collate(self.tokenizer.pad_token_id)
         order = list(range(len(input_ids)))
         if sort:  # as the evaluation batches are formed (LengthGroupedBatchSampler)
             order.sort(key=lambda i: len(input_ids[i]))
         logits = torch.empty(len(input_ids), len(self.labels))
-        for start in range(0, len(order), batch_size):
+        cls = None
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
             batch = collate([{"input_ids": input_ids[i], "index": i}
                              for i in order[start:start + batch_size]])
-            logits[batch["index"]] = self.run(batch["input_ids"], batch["attention_mask"]).float()
-        return logits
+            if not cls_states:
+                logits[batch["index"]] = self.run(batch["input_ids"], batch["attention_mask"]).float()
+                continue
+            batch_logits, states = self.run_with_cls(batch["input_ids"], batch["attention_mask"])
+            logits[batch["index"]] = batch_logits.float()
+            if cls is None:
+                cls = torch.empty(len(input_ids), *states.shape[1:], dtype=torch.float16)
+            cls[batch["index"]] = states.to(torch.float16)
+        return (logits, cls) if cls_states else logits
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def run_with_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        raise ValueError(f"{self.engine} artifacts give logits only, not [CLS] states; "
+                         "label with the PyTorch model")
 
 
 class TorchPredictor(Predictor):
@@ -57,21 +78,35 @@ class TorchPredictor(Predictor):
 
     engine = "torch"
 
-    def __init__(self, folder: str | Path, labels: list[str], precision: str = "auto"):
-        from fincompress.models.sources import load_classifier
-
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path | None, labels: list[str], precision: str = "auto",
+                 model=None, tokenizer=None):
+        """From ``folder``, or from a ``model`` and ``tokenizer`` already in memory (then
+        ``folder`` may be None)."""
+        self.folder = None if folder is None else Path(folder)
         self.labels = list(labels)
         self.precision = precision
-        self.model, self.tokenizer = load_classifier(str(folder), self.labels)
-        self.model.eval()
+        if model is None:
+            from fincompress.models.sources import load_classifier
+
+            model, tokenizer = load_classifier(str(folder), self.labels)
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.dtype = autocast_dtype(precision)
         self.inference_precision = "bf16" if self.dtype else "f32"
 
+    def autocast(self):
+        return torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
     @torch.no_grad()
     def run(self, input_ids, attention_mask):
-        with torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext():
+        with self.autocast():
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.no_grad()
+    def run_with_cls(self, input_ids, attention_mask):
+        with self.autocast():
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                output_hidden_states=True)
+        return output.logits, torch.stack([h[:, 0] for h in output.hidden_states], dim=1)
 
 
 class OpenVINOPredictor(Predictor):

@@ -15,18 +15,20 @@ import datetime
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from fincompress.files import atomic_folder, write_json
+
 log = logging.getLogger(__name__)
 
 RECORD = "stage.json"
+# files of a model folder that describe a run, not the model
+UNHASHED_FILES = ("checkpoint_info.json", "stage.json", "test_split.csv")
 
 
 def _plain(value):
@@ -42,10 +44,18 @@ def stage_key(inputs: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def stored_stage(root: str | Path, stage: str, inputs: dict) -> Path | None:
-    """The stored folder for these inputs, or None if it was never built."""
-    folder = Path(root) / "stages" / stage / stage_key(inputs)
-    return folder if (folder / RECORD).is_file() else None
+def folder_fingerprint(folder: str | Path) -> str:
+    """A hash of every file of a model folder (weights in any format, config, tokenizer), except
+    its run records: a retrained model gets a new key downstream."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.name in UNHASHED_FILES:
+            continue
+        digest.update(f"{path.relative_to(folder)}\n".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def ensure_stage(root: str | Path, stage: str, inputs: dict,
@@ -69,17 +79,11 @@ def ensure_stage(root: str | Path, stage: str, inputs: dict,
         for stale in folder.parent.glob(f".{key}.*.partial"):  # left by a killed run
             log.info("removing %s, left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
-        staging = folder.parent / f".{key}.{uuid.uuid4().hex[:8]}.partial"
-        staging.mkdir()
-        try:
+        # a folder without a record is not a finished stage: atomic_folder replaces it
+        with atomic_folder(folder) as staging:
             build(staging)
-            record = {"stage": stage, "key": key,
-                      "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                      "inputs": {name: _plain(value) for name, value in inputs.items()}}
-            (staging / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
-            if folder.exists():  # a folder without a record: not a finished stage
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            write_json({"stage": stage, "key": key,
+                        "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                        "inputs": {name: _plain(value) for name, value in inputs.items()}},
+                       staging / RECORD)
     return folder, False

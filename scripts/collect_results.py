@@ -2,7 +2,9 @@
 
     python scripts/collect_results.py [outputs] [--json results.json]
 
-Reads each ``checkpoint_info.json``; the README's result tables are produced by this script.
+Reads each ``checkpoint_info.json`` that records test metrics (final students, teachers):
+a quick overview of what a machine has trained. The README's results come from
+``scripts/report.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import argparse
 import json
 import platform
 from pathlib import Path
+
+from fincompress.tables import markdown_table
 
 
 def machine() -> str:
@@ -63,17 +67,14 @@ def _stage1_val_score(info: dict) -> float | None:
 
 
 def markdown(rows: list[dict]) -> str:
-    header = ("| run | stage | model | test set | val macro-F1 (stage 1 / final) | accuracy "
-              "| macro-F1 | params (M) | size (MiB) | wall time (s) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
-    lines = [
-        f"| {r['run']} | {r['stage']} | {r['source']} | {r['agreement']} ({r['test_size']}) "
-        f"| {_score(r['stage1_val_f1_macro'])} / {_score(r['val_f1_macro'])} "
-        f"| {r['acc']:.4f} | {r['f1_macro']:.4f} | {r['parameters_m']} | {r['size_mib']} "
-        f"| {'-' if r['wall_time_s'] is None else round(r['wall_time_s'])} |"
-        for r in rows
-    ]
-    return "\n".join([header, *lines])
+    cells = [{**r, "test set": f"{r['agreement']} ({r['test_size']})",
+              "val": f"{_score(r['stage1_val_f1_macro'])} / {_score(r['val_f1_macro'])}",
+              "wall": "-" if r["wall_time_s"] is None else round(r["wall_time_s"])} for r in rows]
+    return markdown_table(cells, [("run", "run"), ("stage", "stage"), ("source", "model"),
+                                  ("test set", "test set"), ("val", "val macro-F1 (stage 1 / final)"),
+                                  ("acc", "accuracy", ".4f"), ("f1_macro", "macro-F1", ".4f"),
+                                  ("parameters_m", "params (M)"), ("size_mib", "size (MiB)"),
+                                  ("wall", "wall time (s)")])
 
 
 def _score(value: float | None) -> str:

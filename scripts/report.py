@@ -18,21 +18,15 @@ import os
 import shutil
 from pathlib import Path
 
+from fincompress.scoring import COMPARISON_COLUMNS, with_mib
+from fincompress.tables import markdown_table
+
 START, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def compare_table(result: dict) -> str:
     """A scored-side-by-side result (prune, PTQ, QAT, stacked) as markdown."""
-    lines = ["| model | engine | MiB | sentences/s at batch 32 | vs first | batch-1 ms | "
-             "test accuracy | test macro-F1 | agreement with first |", "|---" * 9 + "|"]
-    for row in result["models"]:
-        latency = row.get("latency_ms_batch1_p50")
-        lines.append(
-            f"| {row['model']} | {row['engine']} ({row['inference_precision']}) | "
-            f"{row['size_bytes'] / 2**20:.1f} | {row['sentences_per_s_batch32']:,.1f} | "
-            f"{row['throughput_ratio']:.2f}x | {'' if latency is None else f'{latency:.2f}'} | "
-            f"{row['acc']:.4f} | {row['f1_macro']:.4f} | {row['agreement_with_teacher']:.3f} |")
-    return "\n".join(lines)
+    return markdown_table(with_mib(result["models"]), COMPARISON_COLUMNS)
 
 
 def loss_shares(study: Path) -> str | None:
@@ -40,8 +34,7 @@ def loss_shares(study: Path) -> str | None:
     of the loss (``train/share_*``, logged by the training module) and the validation macro-F1
     at the epoch's end; shows which term drove each student."""
     runs = json.loads((study / "study.json").read_text())["runs"]
-    lines = ["| method | stage-1 epoch | share of the loss, by term | val macro-F1 after the epoch |",
-             "|---|---|---|---|"]
+    lines = []
     for method, seeds in runs.items():
         run = next((r for r in seeds.values() if r["status"] == "ok"), None)
         info = Path(run["student_dir"]) / "checkpoint_info.json" if run else None
@@ -57,9 +50,11 @@ def loss_shares(study: Path) -> str | None:
                       for key in rows[0] if key.startswith("stage1-train/share_")}
             text = ", ".join(f"{name} {sum(v) / len(v):.2f}" for name, v in shares.items() if v)
             val = [float(r["stage1-val/f1_macro"]) for r in mine if r.get("stage1-val/f1_macro")]
-            lines.append(f"| {method} | {int(float(epoch))} | {text} | "
-                         f"{val[-1]:.4f} |" if val else f"| {method} | {int(float(epoch))} | {text} | |")
-    return "\n".join(lines) if len(lines) > 2 else None
+            lines.append({"method": method, "epoch": int(float(epoch)), "shares": text,
+                          "val": val[-1] if val else None})
+    columns = [("method", "method"), ("epoch", "stage-1 epoch"),
+               ("shares", "share of the loss, by term"), ("val", "val macro-F1 after the epoch", ".4f")]
+    return markdown_table(lines, columns) if lines else None
 
 
 def pareto_claim(rows: list[dict]) -> str:
@@ -115,13 +110,13 @@ def report(root: Path, link_base: Path, figures: Path | None = None,
         parts.append(f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
                      f"torch {machine.get('torch', '')}, precision {machine['precision']} "
                      f"({machine['precision_reason']}).")
-    lines = ["| stage | status | wall time |", "|---|---|---|"]
-    for stage, entry in stages.items():
-        if isinstance(entry, dict) and "wall_time_s" in entry:
-            lines.append(f"| {stage} | {entry['status']} | {entry['wall_time_s'] / 60:.1f} min |")
+    lines = [{"stage": stage, "status": entry["status"],
+              "time": f"{entry['wall_time_s'] / 60:.1f} min"}
+             for stage, entry in stages.items() if isinstance(entry, dict) and "wall_time_s" in entry]
     if "total_wall_time_s" in stages:
-        lines.append(f"| **all** | | **{stages['total_wall_time_s'] / 60:.1f} min** |")
-    parts.append("**Wall time per stage**\n\n" + "\n".join(lines))
+        lines.append({"stage": "**all**", "time": f"**{stages['total_wall_time_s'] / 60:.1f} min**"})
+    parts.append("**Wall time per stage**\n\n"
+                 + markdown_table(lines, [("stage", "stage"), ("status", "status"), ("time", "wall time")]))
     if "best_student" in stages:
         best = stages["best_student"]
         parts.append(f"Best distilled student on validation: `{best['method']}` (validation "

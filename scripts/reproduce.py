@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from fincompress.stages.bench import artifacts_override
+from fincompress.stages.benchmark import artifacts_override
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["teacher", "study", "ptq", "qat", "teacher_int8", "prune30", "prune30_int8", "prune50",

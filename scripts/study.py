@@ -28,7 +28,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fincompress.metrics import save_confusion_matrices
-from fincompress.pipeline import StudentMismatchError
+from fincompress.stages.distill import StudentMismatchError
+from fincompress.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 # each method's overrides, placed after the study's own (so a method's choice wins)
@@ -111,12 +112,9 @@ def table_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(["seeds", *COLUMNS]) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
-    for row in rows:
-        cells = [str(row.get("seeds", ""))] + [_cell(row.get(c, ""), row.get(f"{c}_std"))
-                                              for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [{"seeds": str(row.get("seeds", "")),
+              **{c: _cell(row.get(c, ""), row.get(f"{c}_std")) for c in COLUMNS}} for row in rows]
+    return markdown_table(cells, ["seeds", *COLUMNS])
 
 
 def _cell(value, std=None) -> str:
@@ -142,7 +140,7 @@ def swept_value(method: str, setting: str, experiment: str) -> float | None:
     for override in overrides:
         if override.startswith(f"{setting}="):
             return float(override.partition("=")[2])
-    config = OmegaConf.load(ROOT / "conf" / "method" / f"{experiment}.yaml")
+    config = OmegaConf.load(ROOT / "fincompress" / "conf" / "method" / f"{experiment}.yaml")
     return float(OmegaConf.select(config, setting.removeprefix("method.")))
 
 

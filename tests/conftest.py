@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 # Tests never touch the network: hub loads fail fast, W&B writes locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,7 +16,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
+CONF_DIR = ROOT / "fincompress" / "conf"
 DATA_DIR = Path(os.environ.get("FINCOMPRESS_DATA", ROOT.parent / "shared" / "data")).resolve()
 PHRASEBANK_DIR = DATA_DIR / "financial_phrasebank"
 NEWS_DIR = DATA_DIR / "news"
@@ -36,7 +36,7 @@ def data_dir() -> Path:
 
 def compose_config(overrides: list[str], output_dir: Path):
     """The config ``python train.py OVERRIDES`` would run, writing under ``output_dir``."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module="fincompress.conf", version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[

@@ -4,11 +4,11 @@ import random
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from fincompress.data.augment import WordNeighbourAugmenter
+from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.phrasebank import comparable
-from fincompress.pipeline import _pseudo_label_settings, transfer_sentences
+from fincompress.stages.distill import stage1_inputs, transfer_sentences
 
 from .conftest import compose_config
 
@@ -81,13 +81,12 @@ def test_augmented_transfer_text_leaves_out_val_and_test(tmp_path, data_dir, min
     cfg = compose_config(["distill.pseudo_label.add_phrasebank=50",
                           "distill.pseudo_label.augment.variants_per_sentence=1",
                           "distill.pseudo_label.augment.replace_prob=0.2"], tmp_path)
-    added = transfer_sentences(cfg, model, minilm_tokenizer)
+    split = phrasebank_split(cfg)
+    rows = split.splits["val"] + split.splits["test"]
+    added = transfer_sentences(cfg, model, minilm_tokenizer, rows)
     assert len(added["phrasebank"]) == 4159
     assert 0.9 * 4159 < len(added["augmented"]) <= 4159
-
-    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
-    split.prepare_splits()
-    held_out = {comparable(r.text) for r in split.splits["val"] + split.splits["test"]}
+    held_out = {comparable(r.text) for r in rows}
     variants = {comparable(t) for t in added["augmented"]}
     assert not variants & held_out
     assert not variants & {comparable(t) for t in added["phrasebank"]}
@@ -99,11 +98,13 @@ def test_augmentation_needs_phrasebank_transfer_text_and_changes_the_stage1_key(
     cfg = compose_config(["distill.pseudo_label.augment.variants_per_sentence=4", news_only],
                          tmp_path)
     with pytest.raises(ValueError, match="add_phrasebank is null"):
-        transfer_sentences(cfg, None, minilm_tokenizer)
-    assert transfer_sentences(compose_config([news_only], tmp_path), None, minilm_tokenizer) == {}
+        transfer_sentences(cfg, None, minilm_tokenizer, [])
+    assert transfer_sentences(compose_config([news_only], tmp_path), None, minilm_tokenizer,
+                              []) == {}
 
     cfg = compose_config(["distill.pseudo_label.augment.variants_per_sentence=4"], tmp_path)
     off = compose_config([], tmp_path)
     # off, the settings are those hashed before augmentation existed
-    assert "augment" not in _pseudo_label_settings(off)
-    assert _pseudo_label_settings(cfg)["augment"]["variants_per_sentence"] == 4
+    assert "augment" not in stage1_inputs(off, {})["pseudo_label"]
+    assert stage1_inputs(cfg, {})["pseudo_label"]["augment"]["variants_per_sentence"] == 4
+    assert stage1_inputs(cfg, {}) != stage1_inputs(off, {})

@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fincompress.benchmark import benchmark, encoder_flops, peak_rates, write_outputs
 from fincompress.compress.int8 import OpenVINOBackend
 from fincompress.compress.prune import prune_ffn, prune_heads
 from fincompress.data.phrasebank import write_splits
 from fincompress.hardware import machine_record
 from fincompress.models.sources import load_classifier
+from fincompress.scoring import encoder_flops, peak_rates, score
+from fincompress.stages.benchmark import write_outputs
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -62,10 +63,10 @@ def artifacts(tmp_path_factory, data_dir):
 
 def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path):
     peaks = {"f32": 50.0, "i8": 100.0}
-    rows = benchmark({"teacher": (artifacts / "torch", "32-true"),
-                      "int8": (artifacts / "int8", "32-true")}, LABELS,
-                     artifacts / "split" / "test.csv", latency_sentences=6, repeats=2, warmup=2,
-                     peaks=peaks)
+    rows = score({"teacher": (artifacts / "torch", "32-true"),
+                  "int8": (artifacts / "int8", "32-true")}, LABELS,
+                 artifacts / "split" / "test.csv", latency_sentences=6, repeats=2, warmup=2,
+                 unsorted=True, peaks=peaks)["models"]
     teacher, int8 = rows
     assert (teacher["engine"], teacher["precision"]) == ("torch", "f32")
     assert (int8["engine"], int8["precision"]) == ("openvino", "i8")
@@ -74,6 +75,7 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
     for row in rows:
         assert 0 < row["latency_model_ms_p50"] <= row["latency_model_ms_p95"]
         assert row["latency_e2e_ms_p50"] > 0 and row["throughput_sorted"] > 0
+        assert row["throughput_unsorted"] > 0
         assert row["peak_share"] == pytest.approx(row["achieved_gflops"] / peaks[row["precision"]],
                                                   abs=2e-3)
         assert {"acc", "f1_macro", "f1_negative", "kl_teacher_student"} <= set(row)
@@ -89,7 +91,7 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
 
 
 def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
-    from fincompress.stages.bench import run_benchmark
+    from fincompress.stages.benchmark import run_benchmark
 
     from .conftest import TINY, compose_config
 
@@ -121,7 +123,7 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
 
 
 def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
-    from fincompress.stages.bench import run_benchmark
+    from fincompress.stages.benchmark import run_benchmark
 
     from .conftest import TINY, compose_config
 

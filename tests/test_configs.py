@@ -1,4 +1,4 @@
-"""Every YAML under conf/ composes, resolves and instantiates."""
+"""Every YAML under fincompress/conf/ composes, resolves and instantiates."""
 
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fincompress.distill.loss import DistillationLoss, build_loss
 from fincompress.models.sources import load_classifier, resolve_source
-from fincompress.pipeline import build_loss
-from fincompress.runs import build_trainer
+from fincompress.training import build_trainer
 
 from .conftest import CONF_DIR, compose_config
 
@@ -79,8 +79,8 @@ def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_token
         assert student.config.num_labels == 3
     teacher, _ = load_classifier(str(tiny_teacher_dir), list(cfg.data.labels))
     if student is not None and student.config.num_hidden_layers <= 4:
-        loss = build_loss(cfg, student, teacher)
-        assert isinstance(loss, torch.nn.Module)
+        loss = build_loss(instantiate(cfg.method.loss), student, teacher)
+        assert isinstance(loss, DistillationLoss)
 
     trainer = build_trainer(cfg)
     assert trainer.max_epochs >= 1

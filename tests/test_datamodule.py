@@ -3,12 +3,8 @@ import random
 import pytest
 import torch
 
-from fincompress.data.datamodule import (
-    LengthGroupedBatchSampler,
-    NewsDataModule,
-    PhraseBankDataModule,
-    tokenize_cached,
-)
+from fincompress.data.batching import LengthGroupedBatchSampler
+from fincompress.data.datamodule import NewsDataModule, PhraseBankDataModule, tokenize_cached
 from fincompress.data.phrasebank import read_split_file
 
 from .conftest import NEWS_DIR, PHRASEBANK_DIR
@@ -87,13 +83,13 @@ def test_wrong_label_order_is_refused(minilm_tokenizer, tmp_path):
         _datamodule(minilm_tokenizer, tmp_path, labels=["positive", "negative", "neutral"])
 
 
-def test_news_datamodule_predict_batches(data_dir, minilm_tokenizer, tmp_path):
+def test_news_datamodule_tokenizes_its_corpus_once(data_dir, minilm_tokenizer, tmp_path):
     datamodule = NewsDataModule(sources=[str(NEWS_DIR / "seeking_alpha")], max_sentences=200,
                                 exclude_phrasebank=str(PHRASEBANK_DIR), tokenizer=minilm_tokenizer,
-                                cache_dir=str(tmp_path), eval_batch_size=64)
+                                cache_dir=str(tmp_path))
     datamodule.setup()
-    batches = list(datamodule.predict_dataloader())
-    assert sum(len(b["index"]) for b in batches) == 200
-    assert "labels" not in batches[0]
-    widths = [b["input_ids"].shape[1] for b in batches]
-    assert widths == sorted(widths)  # evaluation runs in order of length
+    assert len(datamodule.dataset) == len(datamodule.corpus.sentences) == 200
+    first = datamodule.corpus.sentences[0]
+    assert datamodule.dataset.input_ids[0] == minilm_tokenizer(first, truncation=True,
+                                                              max_length=128)["input_ids"]
+    assert "labels" not in datamodule.dataset[0]

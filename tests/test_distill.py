@@ -12,14 +12,19 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from fincompress import pipeline
+from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.news import NewsCorpus
 from fincompress.data.phrasebank import comparable, read_split_file
-from fincompress.evaluate import diagnostics, predict
+from fincompress.distill.loss import build_loss
+from fincompress.metrics import diagnostics
 from fincompress.models.sources import load_classifier
 from fincompress.module import ClassifierModule
-from fincompress.pipeline import StudentMismatchError, build_loss, ensure_teacher, run_distill
-from fincompress.pseudo_label import label as pseudo_label_module
+from fincompress.predict import TorchPredictor
+from fincompress.predict import load as load_predictor
+from fincompress.stages import distill
+from fincompress.stages import pseudo_labels as pseudo_label_module
+from fincompress.stages.distill import StudentMismatchError, run_distill
+from fincompress.stages.teacher import ensure_teacher
 from fincompress.students.builders import encoder_from_config, truncated_student
 
 from .conftest import DATA_DIR, ROOT, TINY, compose_config
@@ -46,13 +51,14 @@ def test_one_training_step_of_every_method(method, tiny_pair, tmp_path):
     cfg = compose_config([f"method={method}"], tmp_path)
     student, _ = encoder_from_config("bundled:minilm-l6", LABELS, num_hidden_layers=2,
                                      hidden_size=16, num_attention_heads=2, intermediate_size=32)
-    loss = build_loss(cfg, student, teacher)
+    loss = build_loss(instantiate(cfg.method.loss), student, teacher)
     if loss.needs_attentions:
         student.set_attn_implementation("eager")
         teacher.set_attn_implementation("eager")
     texts = ["Operating profit rose to EUR 13.1 mn .", "Sales fell sharply .",
              "The company is based in Espoo , Finland ."]
-    teacher_logits, cls = predict(teacher, tokenizer, texts, cls_states=True)
+    predictor = TorchPredictor(None, LABELS, "32-true", teacher, tokenizer)
+    teacher_logits, cls = predictor.logits_ids(predictor.encode(texts), cls_states=True)
     batch = dict(tokenizer(texts, return_tensors="pt", padding=True))
     batch.pop("token_type_ids", None)
     batch.update(labels=teacher_logits.argmax(-1), teacher_logits=teacher_logits,
@@ -129,9 +135,8 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     precision = saved["machine"]["precision"]
     reloaded, tokenizer = load_classifier(str(student), LABELS)
     assert reloaded.config.num_hidden_layers == 2
-    teacher_logits, _ = predict(*load_classifier(saved["teacher_dir"], LABELS), texts,
-                                precision=precision)
-    scores = diagnostics(predict(reloaded, tokenizer, texts, precision=precision)[0], gold,
+    teacher_logits = load_predictor(saved["teacher_dir"], LABELS, precision).logits(texts, 64)
+    scores = diagnostics(load_predictor(student, LABELS, precision).logits(texts, 64), gold,
                          LABELS, teacher_logits)
     for key in ("acc", "f1_macro", "agreement_with_teacher"):
         assert scores[key] == pytest.approx(saved["student"][key], abs=1e-6), key
@@ -150,8 +155,10 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert f"{saved['method']} " in out and "kl_teacher_student" in out
     # the log names the precision chosen and why (the machine line of the table)
     assert f"{saved['machine']['precision']} ({saved['machine']['precision_reason']})" in out
-    (f1_row,) = [line.split() for line in out.splitlines() if line.startswith("f1_macro ")]
+    (f1_row,) = [line.strip("|").split("|") for line in out.splitlines()
+                 if line.startswith("| f1_macro ")]
     assert len(f1_row) == (3 if experiment == "fresh" else 4)  # teacher, student (, fresh)
+    assert float(f1_row[2]) == pytest.approx(saved["student"]["f1_macro"], abs=1e-4)
     # speed rows, measured by the benchmark's code
     speed = saved["speed"]
     assert set(speed) == ({"teacher", "student"} | ({"fresh"} if saved["fresh"] else set()))
@@ -167,7 +174,7 @@ def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, mon
     def no_labelling(*args, **kwargs):
         raise AssertionError("pseudo-labels were recomputed")
 
-    monkeypatch.setattr(pseudo_label_module, "predict", no_labelling)
+    monkeypatch.setattr(pseudo_label_module, "TorchPredictor", no_labelling)
     capsys.readouterr()
     # a different stage 2 does not invalidate stage 1 (it does make a new fresh baseline)
     cfg = compose_config(["+experiment=pkd", *DISTILL_TINY, "student.stage2_lr=7e-5"], shared_root)
@@ -190,7 +197,7 @@ def test_pseudo_label_cache_is_keyed_by_corpus(teacher_dir, tmp_path, monkeypatc
     corpus = NewsCorpus(["Profit rose strongly this year .", "Sales fell ."])
     first = pseudo_label_module.pseudo_label(teacher_dir, corpus, tmp_path, LABELS)
     assert not first.reused and first.cls.shape[:2] == (2, 5)  # embeddings + 4 layers
-    monkeypatch.setattr(pseudo_label_module, "predict", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(pseudo_label_module, "TorchPredictor", lambda *a, **k: 1 / 0)
     again = pseudo_label_module.pseudo_label(teacher_dir, corpus, tmp_path, LABELS)
     assert again.reused and torch.equal(again.logits, first.logits)
     with pytest.raises(ZeroDivisionError):  # another corpus is labelled anew
@@ -205,17 +212,18 @@ def test_a_grown_corpus_labels_only_its_new_sentences(teacher_dir, tmp_path, mon
         tmp_path, LABELS)
     labelled = []
 
-    def recording_predict(model, tokenizer, texts, *args, **kwargs):
-        labelled.append(list(texts))
-        return predict(model, tokenizer, texts, *args, **kwargs)
+    class Recording(TorchPredictor):
+        def encode(self, texts, max_length=128):
+            labelled.append(list(texts))
+            return super().encode(texts, max_length)
 
-    monkeypatch.setattr(pseudo_label_module, "predict", recording_predict)
+    monkeypatch.setattr(pseudo_label_module, "TorchPredictor", Recording)
     grown = NewsCorpus(["Orders doubled .", "Sales fell .", "Profit rose strongly .", "Sales fell ."])
     second = pseudo_label_module.pseudo_label(teacher_dir, grown, tmp_path, LABELS)
     assert labelled == [["Orders doubled ."]] and not second.reused
     assert torch.equal(second.logits[1:], first.logits[[1, 0, 1]])
     assert torch.equal(second.cls[1:], first.cls[[1, 0, 1]])
-    fresh, _ = predict(*load_classifier(str(teacher_dir), LABELS), ["Orders doubled ."])
+    fresh = load_predictor(teacher_dir, LABELS, "32-true").logits(["Orders doubled ."])
     assert torch.allclose(second.logits[0], fresh[0], atol=1e-2)
     report = json.loads((second.folder / "report.json").read_text())
     assert report["copied_from_earlier_caches"] == 3 and report["sentences"] == 4
@@ -231,7 +239,7 @@ def test_teacher_trained_on_another_split_is_refused_before_stage_1(teacher_dir,
     def no_stage1(*args, **kwargs):
         raise AssertionError("stage 1 started before the split check")
 
-    monkeypatch.setattr(pipeline, "ensure_stage1", no_stage1)
+    monkeypatch.setattr(distill, "ensure_stage1", no_stage1)
     cfg = compose_config(["+experiment=pkd", *DISTILL_TINY, "data.seed=7",
                           f"teacher_checkpoint={teacher_dir}"], tmp_path)
     with pytest.raises(ValueError, match="trained on PhraseBank split"):
@@ -250,7 +258,7 @@ def test_tinybert_refuses_a_student_with_another_tokenizer_before_labelling(
     def no_labelling(*args, **kwargs):
         raise AssertionError("the teacher labelled news before the tokenizer check")
 
-    monkeypatch.setattr(pseudo_label_module, "predict", no_labelling)
+    monkeypatch.setattr(pseudo_label_module, "TorchPredictor", no_labelling)
     cfg = compose_config(["+experiment=tinybert", *TINY, "news.max_sentences=120", "student=tiny",
                           f"teacher_checkpoint={teacher_dir}",
                           "student.model.tokenizer_source=bundled:mpnet-base"], tmp_path)
@@ -297,8 +305,8 @@ def test_sweep_runs_three_jobs_with_separate_folders_and_wandb_runs(tmp_path, da
 def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minilm_tokenizer):
     from types import SimpleNamespace
 
-    from fincompress.pipeline import news_loader
-    from fincompress.pseudo_label.label import PseudoLabels
+    from fincompress.stages.distill import news_loader
+    from fincompress.stages.pseudo_labels import PseudoLabels
 
     logits = torch.tensor([[5.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.0, 4.0]])
     cls = torch.arange(3 * 5 * 8, dtype=torch.float16).reshape(3, 5, 8)
@@ -306,7 +314,8 @@ def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minil
                           tmp_path)
     loss = SimpleNamespace(teacher_cls_layers=[2, 4])
     cfg = compose_config(["distill.pseudo_label.confidence_threshold=0.6"], tmp_path)
-    loader, kept = news_loader(cfg, pseudo, loss, minilm_tokenizer)
+    news = SimpleNamespace(max_length=128, cache_dir=None, batch_size=32, num_workers=0)
+    loader, kept = news_loader(cfg, news, pseudo, loss, minilm_tokenizer)
     batches = list(loader)
     assert kept == 2 and sorted(torch.cat([b["labels"] for b in batches]).tolist()) == [0, 2]
     batch = batches[0]
@@ -314,20 +323,20 @@ def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minil
     torch.testing.assert_close(batch["teacher_cls"][:, 0], cls[[0 if s == 0 else 2 for s in source]][:, 2])
     cfg = compose_config(["distill.pseudo_label.confidence_threshold=0.999"], tmp_path)
     with pytest.raises(ValueError, match="confidence >= 0.999"):
-        news_loader(cfg, pseudo, loss, minilm_tokenizer)
+        news_loader(cfg, news, pseudo, loss, minilm_tokenizer)
 
 
 def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_dir, minilm_tokenizer):
     from fincompress.data.datamodule import NewsDataModule
-    from fincompress.pipeline import phrasebank_transfer
+    from fincompress.stages.distill import transfer_sentences
 
-    assert phrasebank_transfer(compose_config(["distill.pseudo_label.add_phrasebank=null"],
-                                              tmp_path)) is None
+    cfg = compose_config(["distill.pseudo_label.add_phrasebank=null"], tmp_path)
+    split = phrasebank_split(cfg)
+    rows = split.splits["val"] + split.splits["test"]
+    assert transfer_sentences(cfg, None, None, rows) == {}
     cfg = compose_config(["distill.pseudo_label.add_phrasebank=50"], tmp_path)
-    added = phrasebank_transfer(cfg)
-    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
-    split.prepare_splits()
-    held_out = {r.text for r in split.splits["val"] + split.splits["test"]}
+    added = transfer_sentences(cfg, None, None, rows)["phrasebank"]
+    held_out = {r.text for r in rows}
     assert len(held_out) == 678 and not {comparable(t) for t in held_out} & {comparable(t) for t in added}
     assert {r.text for r in split.splits["train"]} <= set(added)
     # 50Agree's distinct sentences less val and test, and one more that differs from a test

@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from fincompress.evaluate import predict
 from fincompress.hardware import ISA_FLAGS, autocast_dtype, cpu_info, native_bf16, resolve_precision
 
 ZEN3 = {"cpu": "AMD EPYC 7B13", "isa": ["avx2", "fma"], "torch_cpu_capability": "AVX2",
@@ -73,7 +72,9 @@ def test_inference_follows_the_precision(precision, minilm_tokenizer):
                                                          "num_attention_heads": 2,
                                                          "intermediate_size": 64})
     texts = ["Operating profit rose to EUR 13.1 mn .", "Sales fell ."]
-    logits, _ = predict(model, tokenizer, texts, precision=precision)
+    from fincompress.predict import TorchPredictor
+
+    logits = TorchPredictor(None, ["a", "b", "c"], precision, model, tokenizer).logits(texts)
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         fp32 = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits

@@ -3,12 +3,11 @@ through the PhraseBank transfer text, not through its augmented variants. Senten
 compared as letters and digits, so "Financial terms were not disclosed ." (PhraseBank's
 spacing) and "Financial terms were not disclosed." (a news copy) are the same sentence."""
 
-from hydra.utils import instantiate
-
+from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.news import add_sentences, build_news_corpus
 from fincompress.data.phrasebank import comparable, read_phrasebank
 from fincompress.models.sources import load_classifier
-from fincompress.pipeline import transfer_sentences
+from fincompress.stages.distill import transfer_sentences
 
 from .conftest import compose_config
 
@@ -19,9 +18,8 @@ OVERRIDES = ["distill.pseudo_label.add_phrasebank=50",
 
 def test_no_val_or_test_sentence_is_among_the_training_sentences(tmp_path, data_dir):
     cfg = compose_config(OVERRIDES, tmp_path)
-    split = instantiate(cfg.data, tokenizer=None, split_dir=None)
-    split.prepare_splits()
-    held_out = {comparable(row.text) for row in split.splits["val"] + split.splits["test"]}
+    rows = phrasebank_split(cfg).splits["val"] + phrasebank_split(cfg).splits["test"]
+    held_out = {comparable(row.text) for row in rows}
     assert len(held_out) == 678
 
     news_sources = [str(data_dir / "news")]
@@ -32,7 +30,7 @@ def test_no_val_or_test_sentence_is_among_the_training_sentences(tmp_path, data_
     phrasebank = [row.text for row in read_phrasebank(cfg.news.exclude_phrasebank, "50")]
     corpus = build_news_corpus(news_sources, exclude=phrasebank)  # every news sentence
     model, tokenizer = load_classifier("bundled:minilm-l6", list(cfg.data.labels))
-    extra = transfer_sentences(cfg, model, tokenizer)
+    extra = transfer_sentences(cfg, model, tokenizer, rows)
     assert len(extra["phrasebank"]) > 4000 and len(extra["augmented"]) > 3000
     for name, sentences in extra.items():
         corpus = add_sentences(corpus, sentences, name)

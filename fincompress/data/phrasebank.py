@@ -126,6 +126,14 @@ def unlabelled_sentences(source: str | Path, agreement: str | int,
     return [text for text in texts if comparable(text) not in excluded]
 
 
+def calibration_texts(train: list[Sentence], count: int, seed: int) -> list[str]:
+    """``count`` sentences of the training split, shuffled by ``seed``: what INT8 calibrates
+    on (never a val or test sentence)."""
+    texts = [row.text for row in train]
+    random.Random(seed).shuffle(texts)
+    return texts[:count]
+
+
 def deduplicate(rows: list[Sentence]) -> tuple[list[Sentence], dict[str, int]]:
     """Keep the first copy of each sentence; drop sentences whose copies disagree on the label.
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from fincompress.distill.loss import DistillationLoss, ModelShapes
 
 
 def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -23,27 +24,25 @@ def kl_teacher_student(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     )
 
 
-class CrossEntropyLoss(nn.Module):
-    """Cross-entropy on ``batch["labels"]``: hard pseudo-labels (method ``ce``) or gold labels."""
+class CrossEntropyLoss(DistillationLoss):
+    """Cross-entropy on ``batch["labels"]``: hard pseudo-labels (method ``ce``) or gold labels;
+    ``shapes`` is unused."""
 
-    needs_hidden_states = False
-    needs_attentions = False
-    needs_teacher_model = False
-    teacher_cls_layers: list[int] = []
+    terms = ("ce",)
 
     def forward(self, student_output, teacher: dict, batch: dict):
         loss = F.cross_entropy(student_output.logits.float(), batch["labels"])
         return loss, {"ce": loss.detach(), "term_ce": loss.detach()}
 
 
-class KDLoss(nn.Module):
-    needs_hidden_states = False
-    needs_attentions = False
-    needs_teacher_model = False
-    teacher_cls_layers: list[int] = []
+class KDLoss(DistillationLoss):
+    """KD on the teacher's cached logits (``teacher["logits"]``); ``shapes`` is unused."""
 
-    def __init__(self, temperature: float = 5.0, alpha: float = 0.7):
-        super().__init__()
+    terms = ("kd", "ce")
+
+    def __init__(self, shapes: ModelShapes | None = None, temperature: float = 5.0,
+                 alpha: float = 0.7):
+        super().__init__(shapes)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if not 0 <= alpha <= 1:

@@ -1,6 +1,7 @@
 """Layer matches for intermediate distillation, as data (TextBrewer's vocabulary).
 
-A match is ``{teacher_layer, student_layer, feature, loss, weight}``. Layers are numbered as
+A match is ``{teacher_layer, student_layer, feature, weight}``; the distance it is scored with
+belongs to the method (PKD: normalised [CLS] distance; TinyBERT: MSE). Layers are numbered as
 Hugging Face ``hidden_states`` are: 0 is the embedding output, ``i`` the output of layer ``i``
 (attention maps of layer ``i`` are ``attentions[i - 1]``). Strategies turn a name into a list:
 
@@ -19,13 +20,11 @@ class LayerMatch:
     teacher_layer: int
     student_layer: int
     feature: str  # "cls", "hidden" or "attention"
-    loss: str  # "normalized_mse" (PKD) or "mse" (TinyBERT)
     weight: float
 
 
 def layer_matches(
-    layer_map, student_layers: int, teacher_layers: int, features: list[str], loss: str,
-    weight: float,
+    layer_map, student_layers: int, teacher_layers: int, features: list[str], weight: float,
 ) -> list[LayerMatch]:
     """Resolve a strategy name or an explicit list of dicts into checked :class:`LayerMatch`es."""
     if isinstance(layer_map, str):
@@ -37,12 +36,17 @@ def layer_matches(
             pairs = [(j * teacher_layers // student_layers, j) for j in range(1, student_layers + 1)]
         else:
             raise ValueError(f"layer_map must be skip, last, uniform or a list; got {layer_map!r}")
-        matches = [LayerMatch(t, s, f, loss, weight) for t, s in pairs for f in features]
+        matches = [LayerMatch(t, s, f, weight) for t, s in pairs for f in features]
     else:
+        for m in layer_map:
+            unknown = set(m) - {"teacher_layer", "student_layer", "feature", "weight"}
+            if unknown:
+                raise ValueError(f"layer match {dict(m)}: unknown field(s) {sorted(unknown)}; a "
+                                 "match has teacher_layer, student_layer, feature and weight")
         matches = [
             LayerMatch(
                 int(m["teacher_layer"]), int(m["student_layer"]), str(m.get("feature", features[0])),
-                str(m.get("loss", loss)), float(m.get("weight", weight)),
+                float(m.get("weight", weight)),
             )
             for m in layer_map
         ]

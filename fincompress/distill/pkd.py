@@ -15,6 +15,7 @@ from torch import nn
 
 from fincompress.distill.kd import KDLoss
 from fincompress.distill.layer_map import layer_matches
+from fincompress.distill.loss import DistillationLoss, ModelShapes, require_shapes
 
 
 def normalized_cls_distance(student_cls: torch.Tensor, teacher_cls: torch.Tensor) -> torch.Tensor:
@@ -23,22 +24,21 @@ def normalized_cls_distance(student_cls: torch.Tensor, teacher_cls: torch.Tensor
     return difference.pow(2).sum(dim=-1).mean()
 
 
-class PKDLoss(nn.Module):
+class PKDLoss(DistillationLoss):
     needs_hidden_states = True
-    needs_attentions = False
-    needs_teacher_model = False
+    terms = ("kd", "ce", "pkd")
 
-    def __init__(self, student_layers: int, teacher_layers: int, student_hidden: int,
-                 teacher_hidden: int, temperature: float = 5.0, alpha: float = 0.7,
-                 pkd_beta: float = 0.02, layer_map="skip"):
-        super().__init__()
-        self.kd = KDLoss(temperature, alpha)
-        self.matches = layer_matches(layer_map, student_layers, teacher_layers, ["cls"],
-                                     "normalized_mse", pkd_beta)
+    def __init__(self, shapes: ModelShapes | None = None, temperature: float = 5.0,
+                 alpha: float = 0.7, pkd_beta: float = 0.02, layer_map="skip"):
+        super().__init__(shapes)
+        shapes = require_shapes(shapes, "PKD")
+        self.kd = KDLoss(temperature=temperature, alpha=alpha)
+        self.matches = layer_matches(layer_map, shapes.student_layers, shapes.teacher_layers,
+                                     ["cls"], pkd_beta)
         self.teacher_cls_layers = sorted({m.teacher_layer for m in self.matches})
         self.projection = (
-            nn.Linear(student_hidden, teacher_hidden, bias=False)
-            if student_hidden != teacher_hidden else nn.Identity()
+            nn.Linear(shapes.student_hidden, shapes.teacher_hidden, bias=False)
+            if shapes.student_hidden != shapes.teacher_hidden else nn.Identity()
         )
 
     def forward(self, student_output, teacher: dict, batch: dict):

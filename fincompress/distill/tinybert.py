@@ -26,6 +26,7 @@ from torch import nn
 
 from fincompress.distill.kd import KDLoss
 from fincompress.distill.layer_map import layer_matches
+from fincompress.distill.loss import DistillationLoss, ModelShapes, require_shapes
 
 
 def masked_hidden_mse(student: torch.Tensor, teacher: torch.Tensor,
@@ -49,32 +50,33 @@ def masked_attention_mse(student: torch.Tensor, teacher: torch.Tensor,
     return squared.sum() / (pairs.sum() * student.shape[1])
 
 
-class TinyBERTLoss(nn.Module):
+class TinyBERTLoss(DistillationLoss):
     needs_hidden_states = True
     needs_teacher_model = True
-    teacher_cls_layers: list[int] = []
+    terms = ("kd", "ce", "hidden", "attention")
 
-    def __init__(self, student_layers: int, teacher_layers: int, student_hidden: int,
-                 teacher_hidden: int, temperature: float = 4.0, alpha: float = 0.5,
-                 feature_weight: float = 0.1, features: tuple[str, ...] = ("hidden", "attention"),
-                 layer_map="uniform", intermediate_epochs: int = 0):
-        super().__init__()
+    def __init__(self, shapes: ModelShapes | None = None, temperature: float = 4.0,
+                 alpha: float = 0.5, feature_weight: float = 0.1,
+                 features: tuple[str, ...] = ("hidden", "attention"), layer_map="uniform",
+                 intermediate_epochs: int = 0):
+        super().__init__(shapes)
+        shapes = require_shapes(shapes, "TinyBERT")
         self.intermediate_epochs = intermediate_epochs
         self.phase = "intermediate" if intermediate_epochs else "joint"
-        self.kd = KDLoss(temperature, alpha)
-        self.matches = layer_matches(layer_map, student_layers, teacher_layers, list(features),
-                                     "mse", feature_weight)
+        self.kd = KDLoss(temperature=temperature, alpha=alpha)
+        self.matches = layer_matches(layer_map, shapes.student_layers, shapes.teacher_layers,
+                                     list(features), feature_weight)
         unknown = {m.feature for m in self.matches} - {"hidden", "attention"}
         if unknown:
             raise ValueError(f"TinyBERT features are hidden and attention, not {sorted(unknown)}")
         self.needs_attentions = any(m.feature == "attention" for m in self.matches)
         self.projection = (
-            nn.Linear(student_hidden, teacher_hidden)
-            if student_hidden != teacher_hidden else nn.Identity()
+            nn.Linear(shapes.student_hidden, shapes.teacher_hidden)
+            if shapes.student_hidden != shapes.teacher_hidden else nn.Identity()
         )
 
     def start_epoch(self, epoch: int, max_epochs: int) -> None:
-        """Called by the training module at each epoch's start: sets the phase."""
+        """Sets the phase: features first, then soft labels."""
         if not self.intermediate_epochs:
             return
         if max_epochs <= self.intermediate_epochs:

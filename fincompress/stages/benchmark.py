@@ -1,20 +1,27 @@
 """The benchmark stage behind ``python train.py +experiment=benchmark``: the artifacts of
-``benchmark.artifacts`` (or the stored teacher) measured side by side on the saved test split
-(:mod:`fincompress.benchmark`), written as JSON, CSV, markdown and an accuracy-vs-throughput
-plot in the run folder."""
+``benchmark.artifacts`` (or the stored teacher) scored and timed side by side on the saved test
+split by the one scorer (:func:`fincompress.scoring.score`: batch-1 latency model-only and end
+to end, batch-32 throughput length-sorted and in input order, achieved GFLOP/s against this
+machine's measured matmul peak), written as JSON, CSV, markdown, an accuracy-vs-throughput
+plot and confusion matrices in the run folder. Published architectures are built with random
+weights, timed here, and placed at their published accuracy, marked so."""
 
 from __future__ import annotations
 
+import csv
 import time
 from pathlib import Path
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fincompress.benchmark import LIST_FIELDS, benchmark, peak_rates, plot_pareto, write_outputs
+from fincompress.data.datamodule import phrasebank_split
+from fincompress.files import atomic_file, write_json, write_text
 from fincompress.metrics import save_confusion_matrices
-from fincompress.pipeline import ensure_teacher
-from fincompress.runs import choose_precision, stage_config
+from fincompress.scoring import LIST_FIELDS, peak_rates, score
+from fincompress.stages.teacher import ensure_teacher
+from fincompress.tables import markdown_table
+from fincompress.training import choose_precision
 
 
 def run_benchmark(cfg: DictConfig) -> dict:
@@ -26,8 +33,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"benchmark.artifacts.{name}: {folder} is not a folder")
     output_dir = Path(cfg.paths.output_dir)
-    split = instantiate(stage_config(cfg, output_dir).data, tokenizer=None)
-    split.prepare_splits()
+    phrasebank_split(cfg, output_dir / "split")
     runs = {name: (Path(folder), "32-true") for name, folder in artifacts.items()}
     published = {entry.name: entry for entry in settings.published or []}
     for name, entry in published.items():
@@ -39,8 +45,9 @@ def run_benchmark(cfg: DictConfig) -> dict:
                 **{k: v for k, v in runs.items() if k != first}}
     print("measuring this machine's matmul peak ...")
     peaks = peak_rates()
-    rows = benchmark(runs, list(cfg.data.labels), output_dir / "split" / "test.csv",
-                     settings.latency_sentences, settings.repeats, settings.warmup, peaks)
+    rows = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
+                 repeats=settings.repeats, latency_sentences=settings.latency_sentences,
+                 warmup=settings.warmup, unsorted=True, peaks=peaks)["models"]
     for row in rows:
         entry = published.get(row["model"])
         row["published"] = entry is not None
@@ -76,6 +83,35 @@ def artifacts_override(artifacts: dict[str, str | Path]) -> str:
                                               for name, folder in artifacts.items()) + "}"
 
 
+COLUMNS = [("model", "model"), ("engine", "engine"), ("precision", "precision"),
+           ("parameters", "parameters"), ("size_bytes", "bytes"),
+           ("latency_model_ms_p50", "batch-1 ms p50"), ("latency_model_ms_p95", "p95"),
+           ("latency_e2e_ms_p50", "end-to-end ms p50"), ("latency_e2e_ms_p95", "p95"),
+           ("throughput_sorted", "sent/s @32 sorted"), ("throughput_unsorted", "unsorted"),
+           ("throughput_ratio", "x ref"), ("achieved_gflops", "GFLOP/s"),
+           ("peak_share", "of peak"), ("acc", "acc"), ("f1_macro", "macro-F1"),
+           ("kl_teacher_student", "KL to ref"), ("agreement_with_teacher", "agreement")]
+
+
+def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) -> str:
+    """``benchmark.json``, ``benchmark.csv`` and ``benchmark.md`` in ``folder``; returns the
+    markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json({"machine": machine, "peaks_gflops": peaks, "models": rows},
+               folder / "benchmark.json")
+    fields = [k for k in rows[0] if k not in LIST_FIELDS]
+    with atomic_file(folder / "benchmark.csv", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    isa = ", ".join(machine.get("isa") or [])
+    peak_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    markdown = (f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
+                f"matmul peak: {peak_text}.\n\n" + markdown_table(rows, COLUMNS) + "\n")
+    write_text(folder / "benchmark.md", markdown)
+    return markdown
+
+
 def build_published(entry: DictConfig, labels: list[str], folder: Path) -> Path:
     """A published architecture with random weights, saved for timing."""
     from fincompress.models.sources import resolve_source
@@ -103,3 +139,33 @@ def log_wandb(cfg: DictConfig, rows: list[dict], plot: Path) -> None:
                                     "size_bytes")})
     logger.log_image("benchmark/pareto", [str(plot)])
     logger.experiment.finish()
+
+
+def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
+    """Macro-F1 against batch-32 throughput (log scale), marker area proportional to the bytes
+    on disk, each point named; published models (grey squares) at their published accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    largest = max(row["size_bytes"] for row in rows)
+    for row in rows:
+        published = row.get("published")
+        axes.scatter(row["throughput_sorted"], row["f1_macro"], s=40 + 800 * row["size_bytes"] / largest,
+                     alpha=0.6, edgecolors="black", marker="s" if published else "o",
+                     color="lightgrey" if published else None)
+        note = "published accuracy, timed here" if published else f"{row['size_bytes'] / 2**20:.0f} MiB"
+        axes.annotate(f"{row['model']}\n{note}",
+                      (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
+                      xytext=(6, 4), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("sentences/s at batch 32 (log scale)")
+    axes.set_ylabel("test macro-F1")
+    axes.set_title(f"Accuracy vs throughput on {machine['cpu']}, {machine['torch_threads']} "
+                   "threads (area: size on disk)", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

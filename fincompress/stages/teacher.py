@@ -1,8 +1,11 @@
 """The teacher stage: fine-tune a classifier on Financial PhraseBank, test it, save it.
 
-``python train.py +experiment=teacher`` runs :func:`train_teacher`. The run folder gets the
-split files, the Lightning checkpoint of the best epoch (by validation macro-F1), the exported
-Hugging Face model with ``checkpoint_info.json``, CSV logs and a confusion-matrix figure.
+``python train.py +experiment=teacher`` runs :func:`train_teacher` into its run folder: the
+split files, CSV logs, the Hugging Face model with ``checkpoint_info.json`` and a
+confusion-matrix figure (the best epoch by validation macro-F1 is kept, its Lightning
+checkpoints deleted). Every other stage gets its teacher through :func:`ensure_teacher`: a
+given ``teacher_checkpoint``, or the stored teacher of this config (``teacher_inputs``), trained
+now if there is none.
 """
 
 from __future__ import annotations
@@ -15,17 +18,37 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fincompress.artifacts import save_model_folder
+from fincompress.data.datamodule import data_settings
 from fincompress.metrics import save_confusion_matrices
 from fincompress.module import ClassifierModule
-from fincompress.runs import (
-    best_score,
-    build_trainer,
-    choose_precision,
-    save_model_folder,
-)
-from fincompress.store import stage_key
+from fincompress.store import ensure_stage
+from fincompress.training import best_score, choose_precision, fit, stage_config, trainer_settings
 
 log = logging.getLogger(__name__)
+
+
+def teacher_inputs(cfg: DictConfig) -> dict:
+    """What decides a stored teacher: its config, the data, the seed and the trainer (with the
+    resolved precision)."""
+    choose_precision(cfg)
+    return {"teacher": cfg.teacher, "data": data_settings(cfg), "seed": cfg.seed,
+            "trainer": trainer_settings(cfg)}
+
+
+def ensure_teacher(cfg: DictConfig) -> Path:
+    """The teacher's model folder: given, stored from an earlier run, or trained now."""
+    if cfg.get("teacher_checkpoint"):
+        folder = Path(cfg.teacher_checkpoint)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"teacher_checkpoint {folder} is not a saved model folder "
+                                    "(no config.json)")
+        return folder
+    folder, reused = ensure_stage(cfg.paths.output_root, "teacher", teacher_inputs(cfg),
+                                  lambda staging: train_teacher(stage_config(
+                                      cfg, staging, max_epochs=cfg.teacher.max_epochs)))
+    print(f"{'reusing' if reused else 'stored'} teacher {folder / 'model'}")
+    return folder / "model"
 
 
 def train_teacher(cfg: DictConfig) -> dict:
@@ -45,10 +68,8 @@ def train_teacher(cfg: DictConfig) -> dict:
         optimizer=instantiate(cfg.teacher.optimizer),
         scheduler=instantiate(cfg.teacher.scheduler) if cfg.teacher.get("scheduler") else None,
     )
-    trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    trainer = fit(cfg, module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
+    trainer.test(module, datamodule=datamodule, verbose=False)  # the best epoch's weights
 
     output_dir = Path(cfg.paths.output_dir)
     results = module.test_results
@@ -61,8 +82,6 @@ def train_teacher(cfg: DictConfig) -> dict:
         "confusion_matrix": results["confusion_matrix"],
         "data": datamodule.info,
         "split_hash": datamodule.info["split_hash"],
-        "config_hash": stage_key({"teacher": cfg.teacher, "data": cfg.data,
-                                  "trainer": cfg.trainer, "seed": cfg.seed}),
         "epochs_run": trainer.current_epoch,
         "machine": machine,
         "wall_time_s": round(time.perf_counter() - started, 1),

@@ -1,4 +1,4 @@
-"""Pseudo-labelling: the teacher labels unlabelled news, once, into a reusable cache.
+"""The pseudo-label stage: the teacher labels unlabelled news, once, into a reusable cache.
 
 For every sentence the cache holds the teacher's logits (soft labels; hard labels are their
 argmax) and the [CLS] state of every teacher layer (what PKD distils). The cache is a stage of
@@ -12,7 +12,6 @@ confidence histogram.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,13 +20,9 @@ from pathlib import Path
 import torch
 
 from fincompress.data.news import NewsCorpus
-from fincompress.evaluate import predict
-from fincompress.models.sources import load_classifier
-from fincompress.runs import write_json
-from fincompress.store import ensure_stage
-
-# files of a model folder that describe a run, not the model
-UNHASHED_FILES = ("checkpoint_info.json", "stage.json", "test_split.csv")
+from fincompress.files import write_json
+from fincompress.predict import TorchPredictor
+from fincompress.store import ensure_stage, folder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +45,10 @@ class PseudoLabels:
         return self.logits.softmax(dim=-1).max(dim=-1).values
 
 
-def teacher_fingerprint(teacher_dir: str | Path) -> str:
-    """A hash of every file of the teacher's folder (weights in any format, config, tokenizer),
-    except its run record: a retrained teacher gets new labels."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(teacher_dir).rglob("*")):
-        if not path.is_file() or path.name in UNHASHED_FILES:
-            continue
-        digest.update(f"{path.relative_to(teacher_dir)}\n".encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
 def pseudo_label_inputs(teacher_dir: str | Path, corpus: NewsCorpus, labels: list[str],
                         max_length: int, precision: str) -> dict:
     """What decides a pseudo-label cache: the stage store's inputs for it."""
-    return {"teacher_fingerprint": teacher_fingerprint(teacher_dir),
+    return {"teacher_fingerprint": folder_fingerprint(teacher_dir),
             "corpus_fingerprint": corpus.fingerprint, "labels": list(labels),
             "max_length": max_length, "precision": precision}
 
@@ -81,7 +62,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
 
     ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand;
     ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand;
-    ``precision``: the inference precision (see :func:`fincompress.evaluate.predict`).
+    ``precision``: the inference precision (bf16 autocast under a bf16 precision).
     """
     inputs = pseudo_label_inputs(teacher_dir, corpus, labels, max_length, precision)
 
@@ -91,12 +72,12 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
         log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
                  len(found) - len(missing), len(found), len(missing))
         if missing:
-            model, tokenizer = teacher or load_classifier(str(teacher_dir), labels)
-            new_logits, new_cls = predict(
-                model, tokenizer, [corpus.sentences[i] for i in missing], batch_size, max_length,
-                cls_states=True, description="pseudo-labelling news",
-                input_ids=None if input_ids is None else [input_ids[i] for i in missing],
-                precision=precision)
+            model, tokenizer = teacher or (None, None)
+            predictor = TorchPredictor(teacher_dir, labels, precision, model, tokenizer)
+            ids = (predictor.encode([corpus.sentences[i] for i in missing], max_length)
+                   if input_ids is None else [input_ids[i] for i in missing])
+            new_logits, new_cls = predictor.logits_ids(ids, batch_size, cls_states=True,
+                                                       description="pseudo-labelling news")
             if logits is None:
                 logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
                 cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
