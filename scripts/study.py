@@ -113,11 +113,11 @@ def table_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     cells = [{"seeds": str(row.get("seeds", "")),
-              **{c: _cell(row.get(c, ""), row.get(f"{c}_std")) for c in COLUMNS}} for row in rows]
+              **{c: cell_text(row.get(c, ""), row.get(f"{c}_std")) for c in COLUMNS}} for row in rows]
     return markdown_table(cells, ["seeds", *COLUMNS])
 
 
-def _cell(value, std=None) -> str:
+def cell_text(value, std=None) -> str:
     if isinstance(value, float):
         text = f"{value:.1f}" if value >= 10 else f"{value:.4f}"
         if std:  # spread over seeds

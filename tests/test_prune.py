@@ -141,7 +141,7 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monke
     def no_logits(*_):
         raise AssertionError("the source's logits were computed although every round is stored")
 
-    monkeypatch.setattr("fincompress.stages.prune.teacher_logits", no_logits)
+    monkeypatch.setattr("fincompress.stages.prune.load_predictor", no_logits)
     again = run_prune(compose_config(PRUNE_TINY, tmp_path))  # every round comes from the store
     assert [r["dir"] for r in again["models"]] == [r["dir"] for r in rows]
     assert "reusing pruning round 2" in capsys.readouterr().out

@@ -41,7 +41,8 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     assert table.returncode == 0, table.stderr[-2000:]
     lines = [line for line in table.stdout.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + 5  # header, the stored teacher, fresh and pkd students of 2 seeds
-    val = {line.split(" | ")[1]: line.split(" | ")[4] for line in lines[1:]}
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    val = {row[1]: row[4] for row in cells}
     assert val["fresh"].startswith("- / 0.") and re.fullmatch(r"0\.\d{3} / 0\.\d{3}", val["pkd"])
     assert "machine:" in table.stdout
 
@@ -69,7 +70,7 @@ def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_
 
 def test_sweep_plots_and_mean_std_cells(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
-    from study import SWEEPS, _cell, plot_sweep, swept_value
+    from study import SWEEPS, cell_text, plot_sweep, swept_value
 
     rows = [{"model": "teacher x", "f1_macro": 0.95},
             {"model": "kd_t9 minilm", "f1_macro": 0.93, "f1_macro_std": 0.01},
@@ -85,4 +86,4 @@ def test_sweep_plots_and_mean_std_cells(tmp_path):
     assert swept_value("pkd_b100", "method.pkd_beta", "pkd") == 100
     assert swept_value("kd_t2", "method.pkd_beta", "pkd") is None
     assert plot_sweep(rows, *beta[:2], tmp_path / "beta.png", beta[3])
-    assert _cell(0.95123, 0.0042) == "0.9512 ± 0.0042" and _cell(0.95, 0.0) == "0.9500"
+    assert cell_text(0.95123, 0.0042) == "0.9512 ± 0.0042" and cell_text(0.95, 0.0) == "0.9500"

@@ -1,0 +1,131 @@
+"""The Python API: open any artifact the project writes and predict.
+
+    import fincompress
+    model = fincompress.load("outputs/pkd/<run>/student")      # or an OpenVINO / ONNX folder
+    model.predict(["Operating profit rose to EUR 13.1 mn."])
+    # [{"label": "positive", "probabilities": {"negative": 0.01, ...}, "truncated": False, ...}]
+
+Every answer is a dict that JSON serialises as is (the CLI and the HTTP service send them
+unchanged). Hostile input has a documented result, never an exception:
+- empty or whitespace-only text: ``label`` and ``probabilities`` are None, ``warning`` says why;
+- text over ``max_length`` tokens (a 100,000-character text, say): the first ``max_length``
+  tokens are scored and ``truncated`` is True (texts are first cut to ``max_length * 64``
+  characters, so no text costs more than that to tokenize);
+- text whose tokens are mostly unknown to the tokenizer (emoji, scripts it never saw): scored,
+  with a ``warning`` that the model was trained on English financial text.
+A folder that holds no model raises :class:`NotAModelError`, naming what it expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fincompress.predict import load as load_predictor
+
+CHARS_PER_TOKEN_CAP = 64
+
+
+class NotAModelError(FileNotFoundError):
+    """The folder holds no model fincompress can open."""
+
+
+class Model:
+    """A loaded artifact: ``predict`` gives labels and class probabilities."""
+
+    def __init__(self, folder: Path, threads: int | None = None, batch_size: int = 32,
+                 max_length: int = 128, precision: str = "auto"):
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be at least 1, got {threads}")
+            torch.set_num_threads(threads)  # PyTorch's pool; OpenVINO and ORT get it below too
+        if batch_size < 1 or max_length < 3:
+            raise ValueError(f"batch_size must be >= 1 and max_length >= 3, got {batch_size} "
+                             f"and {max_length}")
+        self.folder = folder
+        try:
+            self.predictor = load_predictor(folder, precision=precision, threads=threads)
+        except FileNotFoundError as error:
+            raise NotAModelError(str(error)) from None
+        self.labels = self.predictor.labels
+        self.engine = self.predictor.engine
+        self.precision = self.predictor.inference_precision
+        self.batch_size = batch_size
+        self.max_length = max_length
+        info = folder / "checkpoint_info.json"
+        self.info = json.loads(info.read_text()) if info.is_file() else {}
+
+    def __repr__(self) -> str:
+        return (f"fincompress.Model({str(self.folder)!r}, engine={self.engine}, "
+                f"precision={self.precision}, labels={self.labels})")
+
+    def predict(self, texts: str | list[str]) -> list[dict]:
+        """One answer per text, in order: ``label``, ``probabilities`` (label -> probability),
+        ``tokens`` (scored), ``truncated``, and ``warning`` where there is one. Texts run in
+        length-sorted batches of ``batch_size``, each padded to its own longest text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
+        answers = [_empty() if not text.strip() else None for text in texts]
+        scored = [i for i, answer in enumerate(answers) if answer is None]
+        if not scored:
+            return answers
+        ids, truncated = self.encode([texts[i] for i in scored])
+        probabilities = self.predictor.logits_ids(ids, self.batch_size).softmax(-1)
+        unknown = self.predictor.tokenizer.unk_token_id
+        for row, i in enumerate(scored):
+            values = probabilities[row].tolist()
+            answer = {"label": self.labels[max(range(len(values)), key=values.__getitem__)],
+                      "probabilities": dict(zip(self.labels, values)),
+                      "tokens": len(ids[row]), "truncated": truncated[row]}
+            words = ids[row][1:-1]  # without the special tokens at both ends
+            if unknown is not None and words and words.count(unknown) * 2 > len(words):
+                answer["warning"] = ("most tokens are unknown to the tokenizer; the model was "
+                                     "trained on English financial text")
+            answers[i] = answer
+        return answers
+
+    def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids cut to ``max_length`` (special tokens included, the final one kept), and
+        whether each text was cut; each text is tokenized once."""
+        cap = self.max_length * CHARS_PER_TOKEN_CAP
+        full = self.predictor.tokenizer([text[:cap] for text in texts])["input_ids"]
+        ids = [whole if len(whole) <= self.max_length else whole[:self.max_length - 1] + whole[-1:]
+               for whole in full]
+        return ids, [len(text) > cap or len(whole) > self.max_length
+                     for text, whole in zip(texts, full)]
+
+
+def _empty() -> dict:
+    return {"label": None, "probabilities": None, "tokens": 0, "truncated": False,
+            "warning": "empty text: no prediction"}
+
+
+def load(path: str | Path, threads: int | None = None, batch_size: int = 32,
+         max_length: int = 128, precision: str = "auto") -> Model:
+    """Open an artifact folder: a Hugging Face model (fp32, or pruned), an OpenVINO IR or an
+    ONNX graph, fp32 or INT8. A run or stage folder whose model sits in a ``student/`` or
+    ``model/`` subfolder opens that. ``threads`` sets the engine's thread count (PyTorch's is
+    process-wide); ``precision`` (auto | 32-true | bf16-mixed) applies to PyTorch models."""
+    folder = Path(path)
+    if not folder.exists():
+        raise NotAModelError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise NotAModelError(f"{folder} is a file; a model is a folder (Hugging Face, OpenVINO "
+                             "or ONNX)")
+    for child in ("student", "model"):
+        if not _has_model(folder) and _has_model(folder / child):
+            folder = folder / child
+    if not _has_model(folder):
+        raise NotAModelError(f"{folder} holds no model: expected model.xml (OpenVINO IR), "
+                             "model.onnx (ONNX) or config.json (Hugging Face), here or in a "
+                             "student/ or model/ subfolder")
+    return Model(folder, threads, batch_size, max_length, precision)
+
+
+def _has_model(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("model.xml", "model.onnx", "config.json"))

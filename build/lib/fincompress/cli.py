@@ -1,0 +1,383 @@
+"""The ``fincompress`` command.
+
+    fincompress predict MODEL "Operating profit rose." ["another text" ...]
+    fincompress predict MODEL --input texts.csv|.jsonl|.txt [--column text] --output out.csv|.jsonl
+    fincompress export MODEL --format openvino|onnx [--int8] [--calibration FILE] --output DIR
+    fincompress info MODEL
+    fincompress bench MODEL [MODEL ...] [--output DIR]
+    fincompress serve MODEL [--host 127.0.0.1] [--port 8000]
+    fincompress demo --teacher MODEL --student MODEL [--benchmark DIR] [--port 7860]
+
+MODEL is any folder fincompress writes (see :func:`fincompress.load`). Bad input (a folder that
+is not a model, a file that is not UTF-8, a missing column) ends with ``error: ...`` naming the
+file, line or value, exit status 2, and no output file written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from fincompress.files import atomic_file, atomic_folder, folder_size_bytes
+
+
+class InputError(ValueError):
+    """Bad input the user can fix; printed as ``error: ...`` without a traceback."""
+
+
+# ---------------------------------------------------------------- reading and writing texts
+
+def read_texts(path: Path, column: str | None = None) -> list[str]:
+    """Texts from a ``.txt`` (one per line), ``.csv`` (a column: ``--column``, else ``text``
+    or ``sentence``, else the only one) or ``.jsonl`` file (a field, by the same rule)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in (".txt", ".csv", ".jsonl"):
+        raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .csv or .jsonl")
+    text = _decode(path)
+    if suffix == ".txt":
+        return [line.rstrip("\r") for line in text.split("\n")[:-1 if text.endswith("\n") else None]]
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        name = _column(path, column, reader.fieldnames or [])
+        return [row[name] or "" for row in reader]
+    texts = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path} line {number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path} line {number}: expected a JSON object, got "
+                             f"{type(record).__name__}")
+        name = _column(path, column, list(record), number)
+        if not isinstance(record[name], str):
+            raise InputError(f"{path} line {number}: {name!r} is {type(record[name]).__name__}, "
+                             "not a string")
+        texts.append(record[name])
+    return texts
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise InputError(f"{path} line {line}, byte {column}: not valid UTF-8 "
+                         f"(0x{data[error.start]:02x}); save the file as UTF-8") from None
+
+
+def _column(path: Path, column: str | None, names: list[str], line: int | None = None) -> str:
+    where = f"{path} line {line}" if line else str(path)
+    if column is not None:
+        if column not in names:
+            raise InputError(f"{where}: no column {column!r}; columns: {', '.join(names) or 'none'}")
+        return column
+    for name in ("text", "sentence"):
+        if name in names:
+            return name
+    if len(names) == 1:
+        return names[0]
+    raise InputError(f"{where}: no 'text' or 'sentence' column; columns: "
+                     f"{', '.join(names) or 'none'} (choose one with --column)")
+
+
+def write_answers(path: Path, texts: list[str], answers: list[dict], labels: list[str]) -> None:
+    """``.csv`` (text, label, one probability column per label, tokens, truncated, warning) or
+    ``.jsonl`` (the text and its answer); written whole to a temporary file, then renamed."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise InputError(f"{path}: unknown output format {suffix!r}; use .csv or .jsonl")
+    with atomic_file(path, newline="") as out:
+        if suffix == ".jsonl":
+            for text, answer in zip(texts, answers):
+                out.write(json.dumps({"text": text, **answer}, ensure_ascii=False) + "\n")
+        else:
+            writer = csv.writer(out)
+            writer.writerow(["text", "label", *[f"p_{label}" for label in labels], "tokens",
+                             "truncated", "warning"])
+            for text, answer in zip(texts, answers):
+                probabilities = answer["probabilities"] or {}
+                writer.writerow([text, answer["label"] or "",
+                                 *[_round(probabilities.get(label)) for label in labels],
+                                 answer["tokens"], answer["truncated"], answer.get("warning", "")])
+
+
+def _round(value):
+    return "" if value is None else f"{value:.6f}"
+
+
+# ---------------------------------------------------------------- commands
+
+def predict(args) -> None:
+    from tqdm import tqdm
+
+    import fincompress
+
+    if bool(args.texts) == bool(args.input):
+        raise InputError("give texts to predict, or --input FILE (with --output FILE), not both")
+    if args.input and not args.output:
+        raise InputError("--input needs --output FILE (.csv or .jsonl)")
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".jsonl"):
+        raise InputError(f"{args.output}: unknown output format; use .csv or .jsonl")
+    texts = read_texts(Path(args.input), args.column) if args.input else args.texts
+    model = fincompress.load(args.model, threads=args.threads, batch_size=args.batch_size)
+    if not args.input:
+        for text, answer in zip(texts, model.predict(texts)):
+            print(json.dumps({"text": text[:200], **answer}, ensure_ascii=False))
+        return
+    answers = []
+    chunk = 8 * model.batch_size  # each chunk is length-sorted into batches
+    with tqdm(total=len(texts), unit="text", desc=f"predict {Path(args.input).name}") as bar:
+        for start in range(0, len(texts), chunk):
+            answers += model.predict(texts[start:start + chunk])
+            bar.update(len(texts[start:start + chunk]))
+    write_answers(Path(args.output), texts, answers, model.labels)
+    counts = {label: sum(a["label"] == label for a in answers) for label in model.labels}
+    flagged = sum("warning" in a for a in answers)
+    print(f"wrote {len(answers)} answers to {args.output}: {counts}"
+          + (f"; {flagged} with a warning" if flagged else ""))
+
+
+def export(args) -> None:
+    import fincompress
+    from fincompress.artifacts import write_checkpoint_info
+    from fincompress.compress.int8 import ONNXRuntimeBackend, OpenVINOBackend
+    from fincompress.hardware import cpu_info
+    from fincompress.models.sources import load_classifier
+
+    source = fincompress.load(args.model)  # a clear error for a folder that is not a model
+    if source.engine != "torch":
+        raise InputError(f"{source.folder} is already an {source.engine} artifact; export "
+                         "takes a Hugging Face model folder")
+    output = Path(args.output)
+    if output.exists():
+        raise InputError(f"{output} exists; give a new folder")
+    if args.format == "openvino":
+        backend = OpenVINOBackend(int8=args.int8, subset_size=args.calibration_size)
+    else:
+        backend = ONNXRuntimeBackend(int8=args.int8)
+    calibration = []
+    if args.int8 and args.format == "openvino":
+        calibration = (read_texts(Path(args.calibration), args.column) if args.calibration
+                       else training_sentences(args.calibration_size))
+        calibration = [text for text in calibration if text.strip()]
+    model, tokenizer = load_classifier(str(source.folder), source.labels)
+    with atomic_folder(output, replace=False) as staging:
+        record = backend.export(model, tokenizer, calibration, staging, source.max_length)
+        write_checkpoint_info(staging, {"stage": "export", "source": str(source.folder),
+                                        "labels": source.labels, "steps": [record],
+                                        "machine": {"cpu": cpu_info().get("model")},
+                                        "source_metrics": source.info.get("metrics")})
+    print(f"wrote {output}: {args.format}{' INT8' if args.int8 else ''}, "
+          f"{folder_size_bytes(output) / 2**20:.1f} MiB (source "
+          f"{folder_size_bytes(source.folder) / 2**20:.1f} MiB)")
+
+
+def training_sentences(count: int) -> list[str]:
+    """The PhraseBank training split (never val or test), shuffled as PTQ calibrates, from the
+    data directory (``FINCOMPRESS_DATA``, else ``../shared/data``)."""
+    from fincompress.data.datamodule import phrasebank_split
+    from fincompress.data.phrasebank import calibration_texts
+
+    cfg = compose_config([])
+    return calibration_texts(phrasebank_split(cfg).splits["train"], count, cfg.seed)
+
+
+def info(args) -> None:
+    import fincompress
+
+    model = fincompress.load(args.model)
+    print(describe(model.folder, model.info, f"{model.engine}, {model.precision} on this CPU"))
+
+
+def describe(folder: Path, record: dict, engine: str) -> str:
+    """Metrics, size, lineage and the CPU a model was measured on, from its
+    ``checkpoint_info.json``."""
+    lines = [f"model: {folder}", f"runs as: {engine}"]
+    if not record:
+        return "\n".join([*lines, "no checkpoint_info.json: no metrics or lineage recorded"])
+    lines.append(f"stage: {record.get('stage', '?')}"
+                 + (f", method {record['method']}" if record.get("method") else "")
+                 + (f", student {record['student']}" if record.get("student") else ""))
+    metrics = record.get("metrics") or record.get("source_metrics") or {}
+    if metrics:
+        shown = ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in metrics.items()
+                          if isinstance(v, (int, float)))
+        lines.append(f"test metrics{' (of its source)' if 'metrics' not in record else ''}: {shown}")
+    if record.get("best_val_f1_macro") is not None:
+        lines.append(f"best validation macro-F1: {record['best_val_f1_macro']:.4f}")
+    size = record.get("size_on_disk_bytes")
+    parameters = record.get("parameters")
+    lines.append(f"size: {size / 2**20:.1f} MiB" if size else "size: not recorded")
+    if parameters:
+        lines[-1] += f", {parameters / 1e6:.1f}M parameters"
+    for step in record.get("steps", []):
+        lines.append("step: " + ", ".join(f"{k} {v}" for k, v in step.items()))
+    lines.append("lineage: " + " <- ".join(lineage(folder, record)))
+    machine = record.get("machine") or {}
+    if machine:
+        lines.append(f"measured on: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
+                     f"ISA {' '.join(machine.get('isa', [])) or '?'}"
+                     + (f", {machine['precision']}" if machine.get("precision") else ""))
+    for key in ("timestamp", "git_commit", "split_hash"):
+        if record.get(key):
+            lines.append(f"{key}: {record[key]}")
+    return "\n".join(lines)
+
+
+def lineage(folder: Path, record: dict, depth: int = 8) -> list[str]:
+    """This folder, then what it was made from (``source``, else ``teacher``), as far as the
+    recorded folders exist."""
+    chain = [str(folder)]
+    while depth and record:
+        parent = record.get("source") if record.get("stage") in ("int8", "export", "prune", "qat") \
+            else record.get("teacher")
+        if not parent or not Path(parent).is_dir():
+            if parent:
+                chain.append(f"{parent} (not on this machine)")
+            break
+        chain.append(f"{parent}")
+        info = Path(parent) / "checkpoint_info.json"
+        record = json.loads(info.read_text()) if info.is_file() else {}
+        depth -= 1
+    return chain
+
+
+def bench(args) -> None:
+    """The benchmark stage (``+experiment=benchmark``) on the given folders."""
+    import fincompress
+    from fincompress.stages.benchmark import artifacts_override, run_benchmark
+
+    names = {}
+    for path in args.models:
+        model = fincompress.load(path)  # fails early on a folder that is not a model
+        # a stage's model/ folder is named by its stage key; anything else by its own name
+        name = model.folder.parent.name if model.folder.name == "model" else model.folder.name
+        while name in names:
+            name += "_"
+        names[name] = str(model.folder.resolve())
+    output = Path(args.output)
+    overrides = ["+experiment=benchmark", artifacts_override(names),
+                 f"paths.run_dir={output.resolve()}", f"benchmark.repeats={args.repeats}",
+                 f"benchmark.latency_sentences={args.latency_sentences}"]
+    if not args.published:
+        overrides.append("benchmark.published=[]")
+    run_benchmark(compose_config(overrides))
+    print(f"written: {output}/benchmark.{{json,csv,md}}, pareto.png, confusion_matrices.png")
+
+
+def compose_config(overrides: list[str]):
+    """The ``train.py`` config with ``overrides``, from the configs inside the package."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fincompress.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def serve(args) -> None:
+    import uvicorn
+
+    from fincompress.service import create_app
+
+    app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                     max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
+                     threads=args.threads)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def demo(args) -> None:
+    from fincompress.demo import build_demo
+
+    app = build_demo(args.teacher, args.student, args.benchmark)
+    app.launch(server_name=args.host, server_port=args.port)
+
+
+# ---------------------------------------------------------------- argument parsing
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="fincompress", description=__doc__.splitlines()[0])
+    commands = main.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("predict", help="labels and probabilities for texts or a file")
+    p.add_argument("model")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--input", help=".txt (a text per line), .csv or .jsonl")
+    p.add_argument("--column", help="the CSV column or JSONL field (default: text or sentence)")
+    p.add_argument("--output", help=".csv or .jsonl")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=predict)
+
+    p = commands.add_parser("export", help="an OpenVINO or ONNX artifact, fp32 or INT8")
+    p.add_argument("model")
+    p.add_argument("--format", choices=["openvino", "onnx"], required=True)
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--calibration", help="texts to calibrate OpenVINO INT8 (.txt/.csv/.jsonl); "
+                   "default: the PhraseBank training split")
+    p.add_argument("--column", help="the calibration file's column or field")
+    p.add_argument("--calibration-size", type=int, default=300)
+    p.add_argument("--output", required=True, help="a new folder")
+    p.set_defaults(run=export)
+
+    p = commands.add_parser("info", help="metrics, size, lineage and the CPU it was measured on")
+    p.add_argument("model")
+    p.set_defaults(run=info)
+
+    p = commands.add_parser("bench", help="the CPU benchmark on the given models")
+    p.add_argument("models", nargs="+", help="the first is the reference")
+    p.add_argument("--output", default="outputs/bench")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--published", action="store_true",
+                   help="also time the published architectures (ALBERT-base, FinBERT)")
+    p.set_defaults(run=bench)
+
+    p = commands.add_parser("serve", help="the HTTP service (POST /predict, GET /health, /docs)")
+    p.add_argument("model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16,
+                   help="texts per model call (16 and 5 ms: best measured by scripts/load_test.py)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more requests")
+    p.add_argument("--max-texts", type=int, default=256, help="texts per request")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(run=serve)
+
+    p = commands.add_parser("demo", help="the web demo: teacher and student side by side")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--benchmark", help="a benchmark run folder (benchmark.md, pareto.png)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(run=demo)
+    return main
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from fincompress.api import NotAModelError
+
+    try:
+        args.run(args)
+    except (InputError, NotAModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

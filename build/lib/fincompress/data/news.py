@@ -1,0 +1,231 @@
+"""Unlabelled financial text for pseudo-labelling: readers, cleaning, de-duplication, sampling.
+
+Readers: Reuters-21578 SGML (titles and bodies, entities decoded, bodies split into
+sentences), CSV with a named text column, plain text with one item per line, and JSONL with
+a named text field. :func:`build_news_corpus` cleans (whitespace, links), applies length
+limits, removes duplicates and every Financial PhraseBank sentence (so no test sentence leaks
+into training), subsamples deterministically, and reports what each step removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fincompress.data.phrasebank import comparable
+
+_REUTERS_STORY = re.compile(r"<REUTERS\b[^>]*>(.*?)</REUTERS>", re.S)
+_TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.S)
+_BODY = re.compile(r"<BODY>(.*?)</BODY>", re.S)
+_LINK = re.compile(r"(https?://\S+|www\.\S+)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# A sentence ends at . ! or ? followed by space and an upper-case letter, digit or quote,
+# unless the full stop closes a short abbreviation ("U.S.", "Corp.", "Mr.").
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9(])")
+_ABBREVIATION = re.compile(
+    r"(\b[A-Z]\.|\b(?:Mr|Mrs|Ms|Dr|Inc|Corp|Co|Ltd|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept?|Oct|Nov|"
+    r"Dec|No|St|vs|Bros|Dlrs|dlrs|approx|est)\.)$"
+)
+
+
+class NewsFormatError(ValueError):
+    """A news file that cannot be read as the format it was given as."""
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split running text into sentences; abbreviations do not end a sentence."""
+    pieces = _SENTENCE_END.split(text.strip())
+    sentences: list[str] = []
+    for piece in pieces:
+        if sentences and _ABBREVIATION.search(sentences[-1]):
+            sentences[-1] = f"{sentences[-1]} {piece}"
+        else:
+            sentences.append(piece)
+    return [s for s in sentences if s]
+
+
+def read_reuters_sgml(path: str | Path) -> list[str]:
+    """Titles and body sentences of every story in one Reuters-21578 ``.sgm`` file."""
+    raw = Path(path).read_bytes().decode("latin-1")  # ASCII or latin-1; never fails
+    stories = _REUTERS_STORY.findall(raw)
+    if not stories and raw.strip():
+        raise NewsFormatError(f"{path}: no <REUTERS> stories; is this a Reuters-21578 .sgm file?")
+    texts = []
+    for story in stories:
+        title = _TITLE.search(story)
+        if title:
+            texts.append(_decode(title.group(1)))
+        body = _BODY.search(story)
+        if body:
+            text = _decode(body.group(1))
+            text = re.sub(r"\s*Reuter\s*$", "", text)  # the wire's sign-off, not content
+            texts.extend(split_sentences(text))
+    return texts
+
+
+def _decode(sgml_text: str) -> str:
+    return re.sub(r"\s+", " ", _CONTROL.sub(" ", html.unescape(sgml_text))).strip()
+
+
+def read_csv_column(path: str | Path, text_column: str) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if text_column not in (reader.fieldnames or []):
+            raise NewsFormatError(
+                f"{path}: no column {text_column!r}; columns are {reader.fieldnames}"
+            )
+        return [row[text_column] or "" for row in reader]
+
+
+def read_lines(path: str | Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().splitlines()
+
+
+def read_jsonl(path: str | Path, text_field: str) -> list[str]:
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise NewsFormatError(
+                    f"{path}:{number}: not JSON ({error}): {line[:200]!r}"
+                ) from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise NewsFormatError(f"{path}:{number}: no field {text_field!r}: {line[:200]!r}")
+            texts.append(str(record[text_field]))
+    return texts
+
+
+def read_news_file(path: str | Path, text_column: str = "text") -> list[str]:
+    """Read one file by its extension: .sgm, .csv, .jsonl, anything else as lines."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".sgm":
+        return read_reuters_sgml(path)
+    if suffix == ".csv":
+        return read_csv_column(path, text_column)
+    if suffix in (".jsonl", ".json"):
+        return read_jsonl(path, text_column)
+    return read_lines(path)
+
+
+def news_files(sources: list[str | Path]) -> list[Path]:
+    """Expand folders (recursively, sorted) into news files; README/licence files are skipped."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in {".sgm", ".csv", ".jsonl", ".txt"}
+                and not p.name.lower().startswith(("readme", "license", "licence"))
+            )
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"news source {path} does not exist")
+    return files
+
+
+def clean_text(text: str) -> str:
+    """Remove links and control characters; collapse whitespace."""
+    return re.sub(r"\s+", " ", _CONTROL.sub(" ", _LINK.sub(" ", text))).strip()
+
+
+@dataclass
+class NewsCorpus:
+    sentences: list[str]
+    counts: dict[str, int] = field(default_factory=dict)
+    per_file: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256("\n".join(self.sentences).encode("utf-8"))
+        return digest.hexdigest()[:16]
+
+    def summary(self) -> str:
+        steps = ", ".join(f"{key} {value}" for key, value in self.counts.items())
+        return f"news corpus: {steps}"
+
+
+def build_news_corpus(
+    sources: list[str | Path],
+    text_column: str = "summary",
+    min_words: int = 4,
+    max_words: int = 64,
+    exclude: list[str] | None = None,
+    max_sentences: int | None = None,
+    seed: int = 0,
+    split_long_items: bool = True,
+) -> NewsCorpus:
+    """Read, clean, filter, de-duplicate and subsample unlabelled sentences.
+
+    Args:
+        sources: files or folders (see :func:`news_files`).
+        text_column: CSV column / JSONL field holding the text.
+        min_words, max_words: length limits, in whitespace-separated words, after cleaning.
+        exclude: sentences that must not appear (every PhraseBank sentence, so no evaluation
+            sentence leaks into training); compared as letters and digits only
+            (:func:`~fincompress.data.phrasebank.comparable`).
+        max_sentences: keep a seeded random subset of this size (None keeps all).
+        split_long_items: split multi-sentence CSV/JSONL/line items into sentences.
+
+    Raises:
+        ValueError: when nothing is left, naming the step that removed the last sentences.
+    """
+    files = news_files(sources)
+    if not files:
+        raise ValueError(f"no news files found in {[str(s) for s in sources]}")
+    raw: list[str] = []
+    per_file: dict[str, int] = {}
+    for path in files:
+        items = read_news_file(path, text_column)
+        if split_long_items and path.suffix.lower() != ".sgm":
+            items = [s for item in items for s in split_sentences(clean_text(item))]
+        per_file[path.name] = len(items)
+        raw += items
+    counts = Counter(read=len(raw))
+    cleaned = [clean_text(text) for text in raw]
+    kept = [t for t in cleaned if min_words <= len(t.split()) <= max_words]
+    counts["too_short_or_long"] = len(cleaned) - len(kept)
+    unique = list(dict.fromkeys(kept))
+    counts["duplicates"] = len(kept) - len(unique)
+    if exclude:
+        excluded = {comparable(text) for text in exclude}
+        survivors = [t for t in unique if comparable(t) not in excluded]
+        counts["phrasebank_overlap"] = len(unique) - len(survivors)
+        unique = survivors
+    if max_sentences is not None and len(unique) > max_sentences:
+        counts["subsampled_away"] = len(unique) - max_sentences
+        unique = random.Random(seed).sample(unique, max_sentences)
+    counts["kept"] = len(unique)
+    if not unique:
+        names = [str(f) for f in files]
+        raise ValueError(f"the news corpus is empty after filtering: {dict(counts)} (files: {names})")
+    return NewsCorpus(unique, dict(counts), per_file)
+
+
+def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCorpus:
+    """The corpus plus those of ``sentences`` it lacks, counted as ``<name>_added``."""
+    present = {comparable(text) for text in corpus.sentences}
+    new = []
+    for text in sentences:
+        if comparable(text) not in present:
+            present.add(comparable(text))
+            new.append(text)
+    counts = {key: value for key, value in corpus.counts.items() if key != "total"}
+    counts.update({f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)})
+    return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)})
+

@@ -1,0 +1,114 @@
+"""The CPU a run is on, and the numeric precision chosen for it.
+
+bf16 is fast only where the CPU has it in hardware (AVX512_BF16, AMX-BF16); elsewhere PyTorch
+emulates it, and a MiniLM ran 8x slower at inference and about 20x slower in training than in
+fp32. So ``trainer.precision: auto`` (the default) picks ``bf16-mixed`` only where bf16 is
+native, else ``32-true``, and every inference path follows the same choice. Where the CPU
+flags cannot be read (not Linux on x86), a short matmul probe decides.
+
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` makes PyTorch on an AVX-512 machine behave
+like an AVX2 one; the choice honours both, so the emulation also picks fp32.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# the ISA flags that decide speed, by their /proc/cpuinfo names
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+             "amx_int8")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# oneDNN ISA caps below which bf16 has no hardware support
+_ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE",
+                             "AVX512_CORE_VNNI")
+
+
+@functools.cache
+def cpu_info() -> dict:
+    """CPU model, core count, ISA flags and what PyTorch may use of them."""
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        # None: flags unreadable (not Linux, or not x86)
+        "isa": None if flags is None else [flag for flag in ISA_FLAGS if flag in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "torch": str(torch.__version__),
+    }
+
+
+def native_bf16(info: dict | None = None) -> tuple[bool, str]:
+    """Whether this CPU, as PyTorch may use it, runs bf16 in hardware, and why."""
+    info = info or cpu_info()
+    if info["isa"] is None:
+        fp32, bf16 = matmul_probe()
+        return bf16 > fp32, (f"CPU flags unreadable; a matmul probe ran bf16 at {bf16:.0f} "
+                             f"GFLOP/s and fp32 at {fp32:.0f}")
+    found = [flag for flag in NATIVE_BF16_FLAGS if flag in info["isa"]]
+    if not found:
+        return False, (f"{info['cpu']} has no native bf16 (no {' or '.join(NATIVE_BF16_FLAGS)}); "
+                       "PyTorch would emulate it, several times slower than fp32")
+    cap = (info.get("onednn_max_cpu_isa") or "").upper()
+    if not info["torch_cpu_capability"].startswith("AVX512") or cap in _ONEDNN_CAPS_WITHOUT_BF16:
+        return False, (f"{info['cpu']} has {found[0]}, but PyTorch is limited to "
+                       f"{info['torch_cpu_capability']} (ATEN_CPU_CAPABILITY / "
+                       f"ONEDNN_MAX_CPU_ISA={cap or 'unset'}), which emulates bf16")
+    return True, f"{info['cpu']} runs bf16 natively ({found[0]})"
+
+
+def resolve_precision(requested: str = "auto") -> tuple[str, str]:
+    """The Lightning precision to use, and why: ``auto`` picks ``bf16-mixed`` where bf16 is
+    native, else ``32-true``; any other value is kept as given."""
+    if str(requested) != "auto":
+        return str(requested), f"trainer.precision={requested} set explicitly"
+    native, reason = native_bf16()
+    return ("bf16-mixed" if native else "32-true"), reason
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype inference autocasts to under a Lightning precision (None: plain fp32)."""
+    precision = str(precision)
+    if precision == "auto":
+        precision = resolve_precision("auto")[0]
+    return torch.bfloat16 if precision.startswith("bf16") else None
+
+
+def matmul_probe(size: int = 512, seconds: float = 0.2) -> tuple[float, float]:
+    """GFLOP/s of a ``size`` x ``size`` matmul in fp32 and in bf16, each timed for about
+    ``seconds``."""
+    rates = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        a @ b  # warm-up
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            runs += 1
+        rates.append(2 * size**3 * runs / (time.perf_counter() - started) / 1e9)
+    return rates[0], rates[1]
+
+
+def machine_record(precision: str, reason: str) -> dict:
+    """What ``checkpoint_info.json`` and ``results.json`` say about where a run ran."""
+    return {**cpu_info(), "precision": precision, "precision_reason": reason}

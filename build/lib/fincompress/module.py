@@ -1,0 +1,107 @@
+"""The thin LightningModule every stage trains with: a classifier, a loss, torchmetrics.
+
+The method lives in the loss (a plain ``nn.Module`` chosen by the ``method`` config group):
+cross-entropy on gold labels (teacher, stage-2 fine-tuning), on hard pseudo-labels (``ce``),
+KD, PKD or TinyBERT. A loss gets the student's output, the teacher's signals (cached logits
+and [CLS] states from the batch, or hidden states and attention maps from a frozen teacher
+that runs alongside), and the batch. Logged names: ``train/loss``, ``val/f1_macro``,
+``test/acc``, ...
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from fincompress.distill.kd import CrossEntropyLoss
+from fincompress.distill.loss import DistillationLoss
+from fincompress.metrics import classification_metrics, scalar_metrics
+
+
+class ClassifierModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, labels: list[str], optimizer, scheduler=None,
+                 loss: DistillationLoss | None = None, teacher: torch.nn.Module | None = None):
+        super().__init__()
+        self.model = model.train()  # from_pretrained returns eval mode: dropout would stay off
+        self.labels = list(labels)
+        self.loss = loss if loss is not None else CrossEntropyLoss()
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        metrics = classification_metrics(len(self.labels))
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.test_results: dict = {}
+
+    def train(self, mode: bool = True):
+        """Lightning switches the whole module to training mode each epoch; the frozen teacher
+        must stay in eval mode (no dropout in the targets it gives)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.loss.start_epoch(self.current_epoch, self.trainer.max_epochs)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits, shape (batch, num_labels), in float32."""
+        output = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return output.logits.float()
+
+    def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
+        output = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=self.loss.needs_hidden_states,
+            output_attentions=self.loss.needs_attentions,
+        )
+        teacher = {"logits": batch.get("teacher_logits"), "cls": batch.get("teacher_cls")}
+        if self.loss.needs_teacher_model:
+            with torch.no_grad():
+                teacher_output = self.teacher(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True, output_attentions=self.loss.needs_attentions,
+                )
+            teacher.update(hidden_states=teacher_output.hidden_states,
+                           attentions=teacher_output.attentions)
+        loss, parts = self.loss(output, teacher, batch)
+        size = len(batch["input_ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{name}": value for name, value in parts.items()}, batch_size=size)
+        # each weighted term's share of the loss (the "term_" parts sum to it), so that a weight
+        # such as PKD's beta can be judged by how much of the gradient signal its term carries
+        self.log_dict({f"train/share_{name.removeprefix('term_')}": value / loss.detach()
+                       for name, value in parts.items() if name.startswith("term_")},
+                      batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_index: int) -> None:
+        self.val_metrics.update(self(batch), batch["labels"])
+
+    def on_validation_epoch_end(self) -> None:
+        values = scalar_metrics(self.val_metrics.compute(), self.labels)
+        self.log("val/f1_macro", values.pop("val/f1_macro"), prog_bar=True)
+        self.log_dict(values)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict, batch_index: int) -> None:
+        self.test_metrics.update(self(batch), batch["labels"])
+
+    def on_test_epoch_end(self) -> None:
+        computed = self.test_metrics.compute()
+        self.log_dict(scalar_metrics(computed, self.labels))
+        self.test_results = {
+            "metrics": scalar_metrics(computed, self.labels),
+            "confusion_matrix": computed["test/confusion_matrix"].tolist(),
+        }
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        # the loss may own parameters too (PKD/TinyBERT projections)
+        parameters = [*self.model.parameters(), *self.loss.parameters()]
+        optimizer = self.optimizer_factory(parameters)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

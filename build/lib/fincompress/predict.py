@@ -1,0 +1,189 @@
+"""One predictor interface for every artifact the project writes.
+
+:func:`load` opens a folder: a Hugging Face model (fp32, or pruned; run in bf16 where the CPU
+has it natively, see :mod:`fincompress.hardware`), an OpenVINO IR (``model.xml``) or an ONNX
+graph (``model.onnx``), fp32 or INT8. Every predictor turns texts into logits in length-sorted
+batches padded to their own longest sentence, so scoring and timing treat every engine alike.
+This is the project's one inference loop: scoring, the benchmark, pseudo-labelling (with the
+teacher's [CLS] states) and the API all run through :meth:`Predictor.logits_ids`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from fincompress.data.batching import pad_collate
+from fincompress.hardware import autocast_dtype, native_bf16
+
+
+class Predictor:
+    """Texts -> logits for one artifact. Subclasses set ``engine``, ``labels``, ``tokenizer``
+    and ``inference_precision``, and run one padded batch (:meth:`run`)."""
+
+    engine: str
+    inference_precision: str
+
+    def encode(self, texts: list[str], max_length: int = 128) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+    def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128,
+               sort: bool = True, description: str | None = None) -> torch.Tensor:
+        """(N, classes) float32, in input order."""
+        return self.logits_ids(self.encode(texts, max_length), batch_size, sort,
+                               description=description)
+
+    def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32, sort: bool = True,
+                   description: str | None = None, cls_states: bool = False):
+        """Logits of tokenized sentences, (N, classes) float32 in input order; batches are
+        padded to their own longest sentence, and with ``sort`` formed from sentences of
+        similar length. ``description`` shows a progress bar.
+
+        With ``cls_states`` (PyTorch models only) also the [CLS] state of every hidden layer,
+        (N, layers + 1, hidden) float16 (index 0 = embeddings): ``(logits, cls)``."""
+        collate = pad_collate(self.tokenizer.pad_token_id)
+        order = list(range(len(input_ids)))
+        if sort:  # as the evaluation batches are formed (LengthGroupedBatchSampler)
+            order.sort(key=lambda i: len(input_ids[i]))
+        logits = torch.empty(len(input_ids), len(self.labels))
+        cls = None
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
+            batch = collate([{"input_ids": input_ids[i], "index": i}
+                             for i in order[start:start + batch_size]])
+            if not cls_states:
+                logits[batch["index"]] = self.run(batch["input_ids"], batch["attention_mask"]).float()
+                continue
+            batch_logits, states = self.run_with_cls(batch["input_ids"], batch["attention_mask"])
+            logits[batch["index"]] = batch_logits.float()
+            if cls is None:
+                cls = torch.empty(len(input_ids), *states.shape[1:], dtype=torch.float16)
+            cls[batch["index"]] = states.to(torch.float16)
+        return (logits, cls) if cls_states else logits
+
+    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def run_with_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        raise ValueError(f"{self.engine} artifacts give logits only, not [CLS] states; "
+                         "label with the PyTorch model")
+
+
+class TorchPredictor(Predictor):
+    """A Hugging Face folder run by PyTorch (eager), in bf16 autocast under a bf16 precision."""
+
+    engine = "torch"
+
+    def __init__(self, folder: str | Path | None, labels: list[str], precision: str = "auto",
+                 model=None, tokenizer=None):
+        """From ``folder``, or from a ``model`` and ``tokenizer`` already in memory (then
+        ``folder`` may be None)."""
+        self.folder = None if folder is None else Path(folder)
+        self.labels = list(labels)
+        self.precision = precision
+        if model is None:
+            from fincompress.models.sources import load_classifier
+
+            model, tokenizer = load_classifier(str(folder), self.labels)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.dtype = autocast_dtype(precision)
+        self.inference_precision = "bf16" if self.dtype else "f32"
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def run(self, input_ids, attention_mask):
+        with self.autocast():
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.no_grad()
+    def run_with_cls(self, input_ids, attention_mask):
+        with self.autocast():
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                output_hidden_states=True)
+        return output.logits, torch.stack([h[:, 0] for h in output.hidden_states], dim=1)
+
+
+class OpenVINOPredictor(Predictor):
+    """An OpenVINO IR folder (``model.xml`` + tokenizer) compiled for the CPU."""
+
+    engine = "openvino"
+
+    def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
+        import openvino as ov
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
+        if not native_bf16()[0]:
+            # OpenVINO runs the layers INT8 leaves in float in bf16 wherever the CPU flags allow;
+            # the same rule as PyTorch's: fp32 unless bf16 is native (and not capped by
+            # ONEDNN_MAX_CPU_ISA, under which OpenVINO finds no bf16 kernels and fails)
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = ov.Core().compile_model(self.folder / "model.xml", "CPU", config)
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+
+    def run(self, input_ids, attention_mask):
+        return torch.from_numpy(self.compiled({"input_ids": input_ids.numpy(),
+                                               "attention_mask": attention_mask.numpy()})[0])
+
+
+class ONNXRuntimePredictor(Predictor):
+    """An ONNX folder (``model.onnx`` + tokenizer) run by ONNX Runtime on the CPU."""
+
+    engine = "onnxruntime"
+    inference_precision = "f32"  # the float parts of a dynamic INT8 graph run in fp32
+
+    def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
+        import onnxruntime
+        from transformers import AutoTokenizer
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(self.folder / "model.onnx"), options,
+                                                    providers=["CPUExecutionProvider"])
+
+    def run(self, input_ids, attention_mask):
+        return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy(),
+                                                        "attention_mask": attention_mask.numpy()})[0])
+
+
+def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto",
+         threads: int | None = None):
+    """The predictor for an artifact folder: OpenVINO IR if it has ``model.xml``, ONNX if it has
+    ``model.onnx``, else a Hugging Face folder. ``labels`` default to those recorded in the
+    folder; ``threads`` (OpenVINO, ONNX Runtime) defaults to PyTorch's thread count."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    labels = labels or recorded_labels(folder)
+    if (folder / "model.xml").is_file():
+        return OpenVINOPredictor(folder, labels, threads)
+    if (folder / "model.onnx").is_file():
+        return ONNXRuntimePredictor(folder, labels, threads)
+    if (folder / "config.json").is_file():
+        return TorchPredictor(folder, labels, precision)
+    raise FileNotFoundError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
+                            "model.onnx (ONNX) or config.json (a Hugging Face folder)")
+
+
+def recorded_labels(folder: Path) -> list[str]:
+    for name in ("checkpoint_info.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if name == "checkpoint_info.json" and data.get("labels"):
+                return list(data["labels"])
+            if name == "config.json" and data.get("id2label"):
+                return [data["id2label"][str(i)] for i in range(len(data["id2label"]))]
+    raise FileNotFoundError(f"{folder} records no labels (checkpoint_info.json or config.json)")

@@ -1,0 +1,171 @@
+"""The benchmark stage behind ``python train.py +experiment=benchmark``: the artifacts of
+``benchmark.artifacts`` (or the stored teacher) scored and timed side by side on the saved test
+split by the one scorer (:func:`fincompress.scoring.score`: batch-1 latency model-only and end
+to end, batch-32 throughput length-sorted and in input order, achieved GFLOP/s against this
+machine's measured matmul peak), written as JSON, CSV, markdown, an accuracy-vs-throughput
+plot and confusion matrices in the run folder. Published architectures are built with random
+weights, timed here, and placed at their published accuracy, marked so."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fincompress.data.datamodule import phrasebank_split
+from fincompress.files import atomic_file, write_json, write_text
+from fincompress.metrics import save_confusion_matrices
+from fincompress.scoring import LIST_FIELDS, peak_rates, score
+from fincompress.stages.teacher import ensure_teacher
+from fincompress.tables import markdown_table
+from fincompress.training import choose_precision
+
+
+def run_benchmark(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    machine = choose_precision(cfg)
+    settings = cfg.benchmark
+    artifacts = dict(settings.artifacts or {}) or {"teacher": str(ensure_teacher(cfg))}
+    for name, folder in artifacts.items():
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"benchmark.artifacts.{name}: {folder} is not a folder")
+    output_dir = Path(cfg.paths.output_dir)
+    phrasebank_split(cfg, output_dir / "split")
+    runs = {name: (Path(folder), "32-true") for name, folder in artifacts.items()}
+    published = {entry.name: entry for entry in settings.published or []}
+    for name, entry in published.items():
+        runs[name] = (build_published(entry, list(cfg.data.labels), output_dir / "published"),
+                      "32-true")
+    if settings.reference_bf16 and machine["precision"] == "bf16-mixed":
+        first, (folder, _) = next(iter(runs.items()))
+        runs = {first: runs[first], f"{first} (bf16)": (folder, "bf16-mixed"),
+                **{k: v for k, v in runs.items() if k != first}}
+    print("measuring this machine's matmul peak ...")
+    peaks = peak_rates()
+    rows = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
+                 repeats=settings.repeats, latency_sentences=settings.latency_sentences,
+                 warmup=settings.warmup, unsorted=True, peaks=peaks)["models"]
+    for row in rows:
+        entry = published.get(row["model"])
+        row["published"] = entry is not None
+        if entry is not None:  # the published scores replace those of the random weights
+            row.update(acc=entry.acc, f1_macro=entry.f1_macro, kl_teacher_student=None, predictions=None,
+                       agreement_with_teacher=None, ece=None,
+                       f1_macro_delta=round(entry.f1_macro - rows[0]["f1_macro"], 4),
+                       **{key: None for key in row if key.startswith("f1_") and
+                          key not in ("f1_macro", "f1_macro_delta")})
+    markdown = write_outputs(rows, machine, peaks, output_dir)
+    save_confusion_matrices({row["model"]: row["confusion_matrix"] for row in rows
+                             if not row["published"]}, list(cfg.data.labels),
+                            output_dir / "confusion_matrices.png")
+    plot_pareto(rows, output_dir / "pareto.png", machine)
+    log_wandb(cfg, rows, output_dir / "pareto.png")
+    print(markdown)
+    return {"metrics": {"benchmark/models": len(rows)}, "models": rows, "peaks_gflops": peaks,
+            "machine": machine, "wall_time_s": round(time.perf_counter() - started, 1)}
+
+
+def artifacts_override(artifacts: dict[str, str | Path]) -> str:
+    """The ``benchmark.artifacts={...}`` override for display names and folders: keys reduced to
+    letters, digits and ``_`` (as Hydra's grammar needs), folders quoted."""
+    def quoted(value) -> str:
+        return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    keys = {name: "".join(c if c.isalnum() else "_" for c in name) for name in artifacts}
+    # a key of digits (a timestamped run folder) would be read as a number
+    keys = {name: key if key[:1].isalpha() else f"m_{key}" for name, key in keys.items()}
+    if len(set(keys.values())) < len(keys):
+        raise ValueError(f"artifact names {list(artifacts)} clash once reduced to {list(keys.values())}")
+    return "benchmark.artifacts={" + ",".join(f"{keys[name]}:{quoted(folder)}"
+                                              for name, folder in artifacts.items()) + "}"
+
+
+COLUMNS = [("model", "model"), ("engine", "engine"), ("precision", "precision"),
+           ("parameters", "parameters"), ("size_bytes", "bytes"),
+           ("latency_model_ms_p50", "batch-1 ms p50"), ("latency_model_ms_p95", "p95"),
+           ("latency_e2e_ms_p50", "end-to-end ms p50"), ("latency_e2e_ms_p95", "p95"),
+           ("throughput_sorted", "sent/s @32 sorted"), ("throughput_unsorted", "unsorted"),
+           ("throughput_ratio", "x ref"), ("achieved_gflops", "GFLOP/s"),
+           ("peak_share", "of peak"), ("acc", "acc"), ("f1_macro", "macro-F1"),
+           ("kl_teacher_student", "KL to ref"), ("agreement_with_teacher", "agreement")]
+
+
+def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) -> str:
+    """``benchmark.json``, ``benchmark.csv`` and ``benchmark.md`` in ``folder``; returns the
+    markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json({"machine": machine, "peaks_gflops": peaks, "models": rows},
+               folder / "benchmark.json")
+    fields = [k for k in rows[0] if k not in LIST_FIELDS]
+    with atomic_file(folder / "benchmark.csv", newline="") as handle:
+        writer = csv.DictWriter(handle, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    isa = ", ".join(machine.get("isa") or [])
+    peak_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    markdown = (f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
+                f"matmul peak: {peak_text}.\n\n" + markdown_table(rows, COLUMNS) + "\n")
+    write_text(folder / "benchmark.md", markdown)
+    return markdown
+
+
+def build_published(entry: DictConfig, labels: list[str], folder: Path) -> Path:
+    """A published architecture with random weights, saved for timing."""
+    from fincompress.models.sources import resolve_source
+    from fincompress.students.builders import encoder_from_config
+
+    target = folder / entry.model_type / "_".join(f"{k}{v}" for k, v in entry.config.items())
+    if not (target / "config.json").is_file():
+        model, tokenizer = encoder_from_config(resolve_source("bundled:minilm-l6"), labels,
+                                               entry.model_type, **entry.config)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+    return target
+
+
+def log_wandb(cfg: DictConfig, rows: list[dict], plot: Path) -> None:
+    """With a W&B logger configured: the rows as a W&B Table (runs of one study compare side by
+    side in a dashboard), each model's headline figures as metrics, and the plot."""
+    if "wandb" not in (cfg.get("logger") or {}):
+        return
+    logger = instantiate(cfg.logger.wandb)
+    columns = [key for key in rows[0] if key not in LIST_FIELDS]
+    logger.log_table("benchmark", columns=columns, data=[[row[k] for k in columns] for row in rows])
+    logger.log_metrics({f"benchmark/{row['model']}/{key}": row[key] for row in rows
+                        for key in ("f1_macro", "throughput_sorted", "latency_model_ms_p50",
+                                    "size_bytes")})
+    logger.log_image("benchmark/pareto", [str(plot)])
+    logger.experiment.finish()
+
+
+def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
+    """Macro-F1 against batch-32 throughput (log scale), marker area proportional to the bytes
+    on disk, each point named; published models (grey squares) at their published accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    largest = max(row["size_bytes"] for row in rows)
+    for row in rows:
+        published = row.get("published")
+        axes.scatter(row["throughput_sorted"], row["f1_macro"], s=40 + 800 * row["size_bytes"] / largest,
+                     alpha=0.6, edgecolors="black", marker="s" if published else "o",
+                     color="lightgrey" if published else None)
+        note = "published accuracy, timed here" if published else f"{row['size_bytes'] / 2**20:.0f} MiB"
+        axes.annotate(f"{row['model']}\n{note}",
+                      (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
+                      xytext=(6, 4), textcoords="offset points")
+    axes.set_xscale("log")
+    axes.set_xlabel("sentences/s at batch 32 (log scale)")
+    axes.set_ylabel("test macro-F1")
+    axes.set_title(f"Accuracy vs throughput on {machine['cpu']}, {machine['torch_threads']} "
+                   "threads (area: size on disk)", fontsize=9)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

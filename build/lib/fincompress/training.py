@@ -1,0 +1,117 @@
+"""What every training stage does around Lightning: build the Trainer, fit a
+``ClassifierModule`` and keep its best epoch, and the two fits that several stages share
+(fine-tuning on PhraseBank gold labels, and KD fine-tuning against a teacher's logits)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fincompress.data.batching import TokenizedDataset, length_grouped_loader
+from fincompress.distill.kd import KDLoss
+from fincompress.hardware import machine_record, resolve_precision
+from fincompress.module import ClassifierModule
+
+
+def choose_precision(cfg: DictConfig) -> dict:
+    """Resolve ``trainer.precision: auto`` for this machine, in place, once per job; say what
+    was chosen and why. Returns the machine record (CPU, ISA flags, precision, reason) that
+    ``checkpoint_info.json`` and ``results.json`` carry; it is also kept as ``cfg.machine``."""
+    if cfg.get("machine"):
+        return OmegaConf.to_container(cfg.machine)
+    precision, reason = resolve_precision(cfg.trainer.precision)
+    record = machine_record(precision, reason)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+        cfg.machine = record
+    print(f"precision: {precision} ({reason})", flush=True)
+    return record
+
+
+def trainer_settings(cfg: DictConfig) -> dict:
+    """Trainer fields that decide a stage's result (not where it writes)."""
+    return {key: value for key, value in cfg.trainer.items() if key != "default_root_dir"}
+
+
+def stage_config(cfg: DictConfig, output_dir: str | Path, **trainer_overrides) -> DictConfig:
+    """A copy of ``cfg`` writing to ``output_dir`` (splits, checkpoints, logs) with trainer
+    fields replaced, so each stage of a pipeline keeps its own folder."""
+    stage = copy.deepcopy(cfg)
+    stage.paths.output_dir = str(output_dir)
+    for key, value in trainer_overrides.items():
+        stage.trainer[key] = value
+    return stage
+
+
+def build_trainer(cfg: DictConfig, prefix: str = "") -> L.Trainer:
+    """The configured Trainer (``precision: auto`` resolved for this machine); ``prefix`` keeps
+    each stage's metrics apart in a shared logger."""
+    choose_precision(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c, prefix=prefix) for c in (cfg.get("logger") or {}).values()]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=None,
+        train=None, val=None, ckpt_path: str | None = None) -> L.Trainer:
+    """Fit ``module`` with the Trainer ``cfg`` describes, then put the best epoch's weights (by
+    validation macro-F1) back into it and delete the checkpoints: a stage keeps its saved model,
+    not the epochs (an MPNet checkpoint with optimizer state is over 1 GB). Returns the Trainer
+    (its ``checkpoint_callback`` still knows the best score)."""
+    trainer = build_trainer(cfg, prefix=prefix)
+    trainer.fit(module, datamodule=datamodule, train_dataloaders=train, val_dataloaders=val,
+                ckpt_path=ckpt_path)
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_path:
+        state = torch.load(callback.best_model_path, weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    if callback is not None and callback.dirpath:
+        shutil.rmtree(callback.dirpath, ignore_errors=True)
+    return trainer
+
+
+def best_score(trainer: L.Trainer) -> float | None:
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.best_model_score is None:
+        return None
+    return float(callback.best_model_score)
+
+
+def finetune(cfg: DictConfig, model, tokenizer, folder: Path) -> float | None:
+    """Stage 2: fine-tune ``model`` in place on PhraseBank gold labels (the same settings,
+    ``distill.stage2``, for every student and the fresh baseline), keep its best epoch on
+    validation macro-F1; split files, checkpoints and logs go to ``folder``. Returns that best
+    validation macro-F1."""
+    stage = stage_config(cfg, folder, max_epochs=cfg.distill.stage2.max_epochs)
+    L.seed_everything(cfg.seed, workers=True)
+    phrasebank = instantiate(stage.data, tokenizer=tokenizer)
+    phrasebank.setup()
+    module = ClassifierModule(model, labels=list(cfg.data.labels),
+                              optimizer=instantiate(cfg.distill.stage2.optimizer),
+                              scheduler=instantiate(cfg.distill.stage2.scheduler))
+    return best_score(fit(stage, module, prefix="stage2", datamodule=phrasebank))
+
+
+def kd_finetune(cfg: DictConfig, settings: DictConfig, model, tokenizer, phrasebank,
+                logits: torch.Tensor, folder: Path, prefix: str) -> float | None:
+    """Train ``model`` in place on the PhraseBank training sentences for ``settings.epochs``
+    with ``KDLoss(settings.temperature, settings.alpha)`` against a teacher's ``logits`` on
+    them (in the split's order), plus CE on the gold labels; returns the best validation
+    macro-F1. The prune-recover loop and QAT both recover this way."""
+    stage = stage_config(cfg, folder, max_epochs=settings.epochs)
+    L.seed_everything(cfg.seed, workers=True)
+    train = phrasebank.datasets["train"]
+    dataset = TokenizedDataset(train.input_ids, train.labels, {"teacher_logits": logits})
+    loader = length_grouped_loader(dataset, phrasebank.batch_size, tokenizer.pad_token_id,
+                                   shuffle=True, seed=cfg.seed)
+    module = ClassifierModule(model, list(cfg.data.labels), instantiate(settings.optimizer),
+                              instantiate(settings.scheduler),
+                              loss=KDLoss(temperature=settings.temperature, alpha=settings.alpha))
+    trainer = fit(stage, module, prefix=prefix, train=loader, val=phrasebank.val_dataloader())
+    return best_score(trainer)
