@@ -36,7 +36,7 @@ from fincompress.files import folder_size_bytes
 from fincompress.hardware import native_bf16
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import count_parameters
-from fincompress.predict import Predictor, load
+from fincompress.predict import Predictor, TorchPredictor, load
 
 
 def peak_rates(n: int = 1024, repeats: int = 10) -> dict[str, float]:
@@ -103,7 +103,7 @@ def encoder_flops(config: dict, batches: list[tuple[int, int]]) -> float:
 def parameter_count(folder: Path, predictor: Predictor) -> int:
     """Parameters of the network behind any artifact (for OpenVINO and ONNX: of the model
     shape recorded beside it, built on the meta device)."""
-    if hasattr(predictor, "model"):
+    if isinstance(predictor, TorchPredictor):
         return count_parameters(predictor.model)
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
