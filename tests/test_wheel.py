@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,9 +14,15 @@ from .conftest import DATA_DIR, ROOT
 
 
 def test_the_wheel_runs_predict_export_and_info_outside_the_checkout(tmp_path, tiny_classifier):
+    # built from a copy of the sources, so that the build leaves nothing in the checkout
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "fincompress", source / "fincompress",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "--quiet", "-w", str(dist), str(ROOT)], check=True, timeout=300)
+                    "--quiet", "-w", str(dist), str(source)], check=True, timeout=300)
     (wheel,) = dist.glob("fincompress-*.whl")
     # the dependencies come from this environment; fincompress itself only from the wheel
     venv = tmp_path / "venv"
