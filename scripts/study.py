@@ -27,8 +27,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fincompress.metrics import save_confusion_matrices
-from fincompress.stages.distill import StudentMismatchError
 from fincompress.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +69,8 @@ def run_method(name: str, folder: Path, study: str, overrides: list[str], output
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    from fincompress.stages.distill import StudentMismatchError  # the training stack, on use
+
     if code == StudentMismatchError.exit_code:
         reason = [line for line in log.read_text(errors="replace").splitlines()
                   if line.startswith("error: ")][-1].removeprefix("error: ")
@@ -213,6 +213,8 @@ def main() -> None:
                 for m in FIGURE if m in firsts and firsts[m]["status"] == "ok"}
     if matrices:
         labels = ["negative", "neutral", "positive"]
+        from fincompress.metrics import save_confusion_matrices
+
         save_confusion_matrices(matrices, labels, root / "confusion_matrices.png")
     print(table)
     plots = [name for setting, label, name, experiment in SWEEPS
