@@ -83,12 +83,20 @@ def best_score(trainer: L.Trainer) -> float | None:
     return float(callback.best_model_score)
 
 
-def finetune(cfg: DictConfig, model, tokenizer, folder: Path) -> float | None:
-    """Stage 2: fine-tune ``model`` in place on PhraseBank gold labels (the same settings,
-    ``distill.stage2``, for every student and the fresh baseline), keep its best epoch on
-    validation macro-F1; split files, checkpoints and logs go to ``folder``. Returns that best
-    validation macro-F1."""
-    stage = stage_config(cfg, folder, max_epochs=cfg.distill.stage2.max_epochs)
+def finetune(cfg: DictConfig, model, tokenizer, folder: Path, max_epochs: int | None = None,
+             patience: int | None = None) -> float | None:
+    """Stage 2: fine-tune ``model`` in place on PhraseBank gold labels with the stage-2 optimizer
+    (``distill.stage2``, the same for every student and the fresh baseline) for ``max_epochs``
+    (default ``distill.stage2.max_epochs``), stopping early once validation macro-F1 has not
+    improved for ``patience`` epochs (None: never), and keep the best epoch on validation
+    macro-F1; split files, checkpoints and logs go to ``folder``. Returns that best validation
+    macro-F1."""
+    stage = stage_config(cfg, folder, max_epochs=max_epochs or cfg.distill.stage2.max_epochs)
+    if patience is not None:
+        with open_dict(stage):
+            stage.callbacks = {**(stage.get("callbacks") or {}), "early_stopping": {
+                "_target_": "lightning.pytorch.callbacks.EarlyStopping",
+                "monitor": "val/f1_macro", "mode": "max", "patience": patience}}
     L.seed_everything(cfg.seed, workers=True)
     phrasebank = instantiate(stage.data, tokenizer=tokenizer)
     phrasebank.setup()

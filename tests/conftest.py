@@ -22,9 +22,9 @@ PHRASEBANK_DIR = DATA_DIR / "financial_phrasebank"
 NEWS_DIR = DATA_DIR / "news"
 
 # Settings that make any experiment tiny: random 4-layer teacher, a few sentences per split, one
-# epoch, no PhraseBank transfer text.
+# epoch (two at most for the converged fresh baseline), no PhraseBank transfer text.
 TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1",
-        "distill.pseudo_label.add_phrasebank=null"]
+        "distill.fresh.max_epochs=2", "distill.pseudo_label.add_phrasebank=null"]
 
 
 @pytest.fixture(scope="session")

@@ -164,6 +164,10 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert set(speed) == ({"teacher", "student"} | ({"fresh"} if saved["fresh"] else set()))
     assert speed["teacher"]["throughput_ratio"] == 1 and speed["student"]["throughput_sorted"] > 0
     assert "sentences/s at batch 32" in out and "batch-1 ms (median)" in out
+    if saved["fresh"]:  # the verdict against the converged fresh baseline, printed and saved
+        margin = saved["student"]["f1_macro"] - saved["fresh"]["f1_macro"]
+        assert saved["verdict"]["beats_on_test"] == (margin > 0)
+        assert f"test {margin:+.4f}" in out and "converged fresh baseline" in out
 
 
 def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, monkeypatch):
@@ -191,6 +195,32 @@ def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, mon
     assert report["sentences"] == 120 and sum(report["label_counts"].values()) == 120
     record = json.loads(next((shared_root / "stages" / "stage1").glob("*/stage.json")).read_text())
     assert record["inputs"]["news"]["batch_size"] == 32  # what decides the stage is listed
+
+
+def test_the_fresh_baseline_stops_once_validation_stops_improving(teacher_dir, tmp_path):
+    """With a learning rate of 0 validation never improves: patience 1 stops the fit after its
+    second epoch of the four allowed; the verdict compares the student with that baseline."""
+    import csv
+
+    from fincompress.stages.distill import verdict
+    from fincompress.stages.fresh import ensure_fresh_baseline
+    from fincompress.training import choose_precision
+
+    cfg = compose_config(["+experiment=pkd", *DISTILL_TINY, "student.stage2_lr=0",
+                          "distill.fresh.max_epochs=4", "distill.fresh.patience=1",
+                          f"teacher_checkpoint={teacher_dir}"], tmp_path)
+    choose_precision(cfg)
+    folder = ensure_fresh_baseline(cfg, teacher_dir)
+    with open(folder.parent / "csv" / "metrics.csv") as handle:
+        epochs = {row["stage2-epoch"] for row in csv.DictReader(handle) if row.get("stage2-val/f1_macro")}
+    assert len(epochs) == 2
+    record = json.loads((folder.parent / "stage.json").read_text())
+    assert record["inputs"]["fresh"] == {"max_epochs": 4, "patience": 1}  # part of the key
+    best = json.loads((folder / "checkpoint_info.json").read_text())["best_val_f1_macro"]
+    student = {"best_val_f1_macro": best + 0.01, "f1_macro": 0.5}
+    assert verdict(student, {"best_val_f1_macro": best, "f1_macro": 0.6}) == {
+        "margin_validation": 0.01, "margin_test": -0.1,
+        "beats_on_validation": True, "beats_on_test": False}
 
 
 def test_pseudo_label_cache_is_keyed_by_corpus(teacher_dir, tmp_path, monkeypatch):

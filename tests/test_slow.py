@@ -24,8 +24,8 @@ def test_minilm_teacher_reaches_the_issue_target(tmp_path, data_dir):
 
 @pytest.mark.slow(budget_s=1200)
 def test_main_job_with_real_models(tmp_path, data_dir):
-    """``python train.py +experiment=pkd`` as a user runs it: the distilled student beats the
-    fresh baseline on validation and test."""
+    """``python train.py +experiment=pkd`` as a user runs it: a good teacher and student, a
+    fresh baseline trained to convergence, and a verdict that follows from the scores."""
     cfg = compose_config(["+experiment=pkd"], tmp_path)
     with open_dict(cfg):
         cfg.paths.run_dir = str(tmp_path / "pkd")
@@ -34,5 +34,7 @@ def test_main_job_with_real_models(tmp_path, data_dir):
     assert teacher["f1_macro"] >= 0.94
     assert result["student_parameters"] < result["teacher_parameters"]
     assert student["f1_macro"] >= 0.935
-    assert student["best_val_f1_macro"] > fresh["best_val_f1_macro"]
-    assert student["f1_macro"] > fresh["f1_macro"]
+    assert fresh["best_val_f1_macro"] > 0.9  # converged (three epochs gave 0.5636)
+    verdict = result["verdict"]
+    assert verdict["beats_on_test"] == (student["f1_macro"] > fresh["f1_macro"])
+    assert verdict["beats_on_validation"] == (student["best_val_f1_macro"] > fresh["best_val_f1_macro"])

@@ -121,6 +121,7 @@ def run_distill(cfg: DictConfig) -> dict:
     rows = {row["model"]: row for row in scored["models"]}
     result = results(cfg, rows, info, teacher_dir, best_val, machine)
     result["teacher_split_unknown"] = teacher_split is None
+    result["verdict"] = verdict(result["student"], result["fresh"])
     info["metrics"] = {f"test/{k}": v for k, v in result["student"].items() if isinstance(v, float)}
     info["confusion_matrix"] = result["student"]["confusion_matrix"]
     info["wall_time_s"] = round(time.perf_counter() - started, 1)  # reused stages excluded
@@ -177,6 +178,36 @@ def results(cfg: DictConfig, rows: dict[str, dict], info: dict, teacher_dir: Pat
         "fresh": fresh,
         "speed": speed,
     }
+
+
+def verdict(student: dict, fresh: dict | None) -> dict | None:
+    """Whether the distilled student beats the converged fresh baseline, on validation (best
+    epoch) and on test (macro-F1): the margins, and the answer for each."""
+    if fresh is None:
+        return None
+    margins = {"validation": student["best_val_f1_macro"] - fresh["best_val_f1_macro"]
+               if None not in (student["best_val_f1_macro"], fresh["best_val_f1_macro"]) else None,
+               "test": student["f1_macro"] - fresh["f1_macro"]}
+    return {**{f"margin_{split}": None if m is None else round(m, 4) for split, m in margins.items()},
+            **{f"beats_on_{split}": m is not None and m > 0 for split, m in margins.items()}}
+
+
+def verdict_line(verdict: dict) -> str:
+    def said(split: str) -> str:
+        margin = verdict[f"margin_{split}"]
+        return f"{split} {'?' if margin is None else f'{margin:+.4f}'}"
+
+    answers = {split: verdict[f"beats_on_{split}"] for split in ("validation", "test")}
+    if all(answers.values()):
+        answer = "the distilled student beats it on validation and test"
+    elif not any(answers.values()):
+        answer = "the distilled student does NOT beat it, on validation or test"
+    else:
+        won = next(split for split, beats in answers.items() if beats)
+        answer = f"the distilled student beats it on {won} only"
+    return (f"distilled student - converged fresh baseline (macro-F1): {said('validation')}, "
+            f"{said('test')}: {answer} (one seed: a gain under two points needs three seeds "
+            "and a margin above their spread; scripts/study.py runs them)")
 
 
 def stage1_inputs(cfg: DictConfig, pseudo_inputs: dict) -> dict:
@@ -311,7 +342,7 @@ def side_by_side(result: dict) -> str:
     columns = {"teacher": result["teacher"],
                f"{result['method']} {result['student_name']}": result["student"]}
     if result.get("fresh"):
-        columns[f"fresh {result['student_name']}"] = result["fresh"]
+        columns[f"fresh {result['student_name']} (converged)"] = result["fresh"]
     names = list(columns)
     rows = [{"": "parameters", names[0]: f"{result['teacher_parameters'] / 1e6:.1f}M",
              names[1]: f"{result['student_parameters'] / 1e6:.1f}M",
@@ -333,6 +364,8 @@ def side_by_side(result: dict) -> str:
     machine = result["machine"]
     notes = [f"machine: {machine['cpu']}, {machine['torch_threads']} threads, "
              f"{machine['precision']} ({machine['precision_reason']})"]
+    if result.get("verdict"):
+        notes.append(verdict_line(result["verdict"]))
     if result.get("teacher_split_unknown"):
         notes.append(f"WARNING: the teacher {result['teacher_dir']} records no PhraseBank split; "
                      "it may have been trained on these test sentences (ProsusAI/finbert was "

@@ -1,5 +1,7 @@
 """The fresh-baseline stage: the student fine-tuned on PhraseBank only, from its initial
-weights, with the same stage-2 settings as every distilled student; stored, so a sweep over
+weights, to convergence (the stage-2 optimizer for up to ``distill.fresh.max_epochs`` epochs,
+stopped early on validation macro-F1 after ``distill.fresh.patience`` epochs without a gain,
+the best epoch kept): the baseline a distilled student must beat. Stored, so a sweep over
 distillation settings trains it once. ``+experiment=fresh`` runs the same fine-tuning as a
 run of its own (:func:`fincompress.stages.distill.run_distill` with ``method.stage1: false``).
 """
@@ -21,7 +23,8 @@ from fincompress.training import finetune, trainer_settings
 def fresh_inputs(cfg: DictConfig, teacher_dir: Path) -> dict:
     """What decides the fresh baseline (the teacher only through the split it was made with)."""
     return {"student": cfg.student, "teacher_fingerprint": folder_fingerprint(teacher_dir),
-            "stage2": cfg.distill.stage2, "data": data_settings(cfg), "seed": cfg.seed,
+            "stage2": cfg.distill.stage2, "fresh": cfg.distill.fresh,
+            "data": data_settings(cfg), "seed": cfg.seed,
             "trainer": trainer_settings(cfg)}
 
 
@@ -31,7 +34,8 @@ def ensure_fresh_baseline(cfg: DictConfig, teacher_dir: Path) -> Path:
     def build(staging: Path) -> None:
         L.seed_everything(cfg.seed, workers=True)
         model, tokenizer = instantiate(cfg.student.model)
-        best_val = finetune(cfg, model, tokenizer, staging)
+        best_val = finetune(cfg, model, tokenizer, staging, cfg.distill.fresh.max_epochs,
+                            cfg.distill.fresh.patience)
         save_model_folder(model, tokenizer, staging / "model", {
             "stage": "fresh_baseline", "student": cfg.student.name, "teacher": str(teacher_dir),
             "best_val_f1_macro": best_val, "machine": cfg.machine,
