@@ -96,26 +96,41 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
     from .conftest import TINY, compose_config
 
     overrides = ["+experiment=benchmark", *TINY, "benchmark.latency_sentences=3",
-                 "benchmark.repeats=1", "benchmark.warmup=1", "benchmark.published=[]"]
+                 "benchmark.repeats=1", "benchmark.warmup=1", "benchmark.published=[]",
+                 "quantize.calibration_sentences=20"]
     published = ("benchmark.published=[{name:tiny-published,model_type:bert,config:{"
                  "num_hidden_layers:1,hidden_size:32,num_attention_heads:2,intermediate_size:64},"
                  "acc:0.91,f1_macro:0.88}]")
     result = run_benchmark(compose_config([*overrides, published], tmp_path))
-    names = [row["model"] for row in result["models"]]
+    rows = {row["model"]: row for row in result["models"]}
     bf16 = result["machine"]["precision"] == "bf16-mixed"
-    assert names == (["teacher", "teacher (bf16)"] if bf16 else ["teacher"]) + ["tiny-published"]
-    row = result["models"][-1]  # timed here, at its published accuracy
+    # every reference (the teacher, the published architecture) in every precision offered here
+    for reference in ("teacher", "tiny-published"):
+        forms = [name for name, row in rows.items() if row["reference_of"] == reference]
+        assert forms[0] == reference and (f"{reference} (bf16)" in forms) == bf16
+        (int8,) = [name for name in forms if rows[name]["precision"] == "i8"]
+        assert int8.startswith(f"{reference} (int8, ")  # the backend chosen on validation
+    row = rows["tiny-published"]  # timed here, at its published accuracy
     assert row["published"] and (row["acc"], row["f1_macro"]) == (0.91, 0.88)
+    assert row["accuracy_from"] == "published (fp32, another split)"
     assert row["throughput_sorted"] > 0 and row["agreement_with_teacher"] is None
     assert row["f1_macro_delta"] == round(0.88 - result["models"][0]["f1_macro"], 4)
-    assert not result["models"][0]["published"]
+    teacher = result["models"][0]
+    assert not teacher["published"] and teacher["accuracy_from"] == "measured here"
+    # speed-ups against the teacher's best PyTorch form and its INT8 form
+    teacher_forms = [r for r in rows.values() if r["reference_of"] == "teacher"]
+    best_torch = max(r["throughput_sorted"] for r in teacher_forms if r["engine"] == "torch")
+    teacher_int8 = next(r for r in teacher_forms if r["precision"] == "i8")
+    assert row["x_reference_torch"] == round(row["throughput_sorted"] / best_torch, 2)
+    assert teacher_int8["x_reference_int8"] == 1
+    assert "accuracy from" in (tmp_path / "run" / "benchmark.md").read_text()
     run = tmp_path / "run"
     for name in ("benchmark.json", "benchmark.csv", "benchmark.md", "pareto.png",
                  "confusion_matrices.png"):
         assert (run / name).stat().st_size > 0
     teacher = result["models"][0]["dir"]
     again = run_benchmark(compose_config([*overrides, f"benchmark.artifacts={{a:{teacher},b:{teacher}}}",
-                                          "benchmark.reference_bf16=false"], tmp_path))
+                                          "benchmark.reference_precisions=false"], tmp_path))
     assert [row["model"] for row in again["models"]] == ["a", "b"]
     assert again["models"][1]["agreement_with_teacher"] == 1  # the same model twice
     with pytest.raises(FileNotFoundError, match="benchmark.artifacts.x: nowhere is not a folder"):
@@ -130,7 +145,7 @@ def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_benchmark(compose_config(["+experiment=benchmark", *TINY, "logger=csv_wandb",
                                   "benchmark.latency_sentences=2", "benchmark.repeats=1",
-                                  "benchmark.warmup=1", "benchmark.reference_bf16=false",
+                                  "benchmark.warmup=1", "benchmark.reference_precisions=false",
                                   "study_name=bench-test", "benchmark.published=[]"], tmp_path))
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     (table,) = (run / "files" / "media" / "table").glob("benchmark_*.table.json")

@@ -16,9 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fincompress.data.datamodule import phrasebank_split
+from fincompress.data.phrasebank import calibration_texts
 from fincompress.files import atomic_file, write_json, write_text
 from fincompress.metrics import save_confusion_matrices
 from fincompress.scoring import LIST_FIELDS, peak_rates, score
+from fincompress.stages.quantize import choose_backend, export_int8
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.tables import markdown_table
 from fincompress.training import choose_precision
@@ -33,30 +35,36 @@ def run_benchmark(cfg: DictConfig) -> dict:
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"benchmark.artifacts.{name}: {folder} is not a folder")
     output_dir = Path(cfg.paths.output_dir)
-    phrasebank_split(cfg, output_dir / "split")
+    split = phrasebank_split(cfg, output_dir / "split")
+    labels = list(cfg.data.labels)
     runs = {name: (Path(folder), "32-true") for name, folder in artifacts.items()}
     published = {entry.name: entry for entry in settings.published or []}
     for name, entry in published.items():
-        runs[name] = (build_published(entry, list(cfg.data.labels), output_dir / "published"),
-                      "32-true")
-    if settings.reference_bf16 and machine["precision"] == "bf16-mixed":
-        first, (folder, _) = next(iter(runs.items()))
-        runs = {first: runs[first], f"{first} (bf16)": (folder, "bf16-mixed"),
-                **{k: v for k, v in runs.items() if k != first}}
+        runs[name] = (build_published(entry, labels, output_dir / "published"), "32-true")
+    first = next(iter(runs))
+    references = {name: name for name in runs if name in published or name == first}
+    if settings.reference_precisions:
+        calibration = calibration_texts(split.splits["train"], cfg.quantize.calibration_sentences,
+                                        cfg.seed)
+        runs, references = in_every_precision(cfg, runs, published, calibration, machine,
+                                              output_dir)
     print("measuring this machine's matmul peak ...")
     peaks = peak_rates()
     rows = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
                  repeats=settings.repeats, latency_sentences=settings.latency_sentences,
                  warmup=settings.warmup, unsorted=True, peaks=peaks)["models"]
     for row in rows:
-        entry = published.get(row["model"])
+        entry = published.get(references.get(row["model"], ""))
+        row["reference_of"] = references.get(row["model"])
         row["published"] = entry is not None
+        row["accuracy_from"] = "published (fp32, another split)" if entry else "measured here"
         if entry is not None:  # the published scores replace those of the random weights
             row.update(acc=entry.acc, f1_macro=entry.f1_macro, kl_teacher_student=None, predictions=None,
                        agreement_with_teacher=None, ece=None,
                        f1_macro_delta=round(entry.f1_macro - rows[0]["f1_macro"], 4),
                        **{key: None for key in row if key.startswith("f1_") and
                           key not in ("f1_macro", "f1_macro_delta")})
+    add_speedups(rows)
     markdown = write_outputs(rows, machine, peaks, output_dir)
     save_confusion_matrices({row["model"]: row["confusion_matrix"] for row in rows
                              if not row["published"]}, list(cfg.data.labels),
@@ -66,6 +74,45 @@ def run_benchmark(cfg: DictConfig) -> dict:
     print(markdown)
     return {"metrics": {"benchmark/models": len(rows)}, "models": rows, "peaks_gflops": peaks,
             "machine": machine, "wall_time_s": round(time.perf_counter() - started, 1)}
+
+
+def in_every_precision(cfg: DictConfig, runs: dict, published: dict, calibration: list[str],
+                       machine: dict, output_dir: Path) -> tuple[dict, dict]:
+    """``runs`` with every reference (the first artifact, if a PyTorch folder, and each
+    published architecture) also in bf16 (where native) and in INT8 through the backend chosen
+    here; returns the runs and, per row name, the reference it is a form of."""
+    first = next(iter(runs))
+    expanded, references = {}, {}
+    for name, (folder, precision) in runs.items():
+        expanded[name] = (folder, precision)
+        if name != first and name not in published:
+            continue
+        references[name] = name
+        if not (folder / "config.json").is_file() or (folder / "model.xml").is_file() \
+                or (folder / "model.onnx").is_file():
+            continue  # already an OpenVINO or ONNX artifact: one form only
+        if machine["precision"] == "bf16-mixed":
+            expanded[f"{name} (bf16)"] = (folder, "bf16-mixed")
+            references[f"{name} (bf16)"] = name
+        artifacts = {backend: export_int8(cfg, backend, folder, calibration, machine)
+                     for backend in cfg.benchmark.int8_backends}
+        chosen, _ = choose_backend(cfg, folder, artifacts, list(cfg.data.labels),
+                                   output_dir / "split" / "val.csv", machine)
+        expanded[f"{name} (int8, {chosen})"] = (artifacts[chosen], "32-true")
+        references[f"{name} (int8, {chosen})"] = name
+    return expanded, references
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Each row's batch-32 throughput against the first reference's fastest PyTorch form (fp32
+    or bf16) and against its INT8 form: ``x_reference_torch``, ``x_reference_int8``."""
+    first = rows[0]["model"]
+    forms = [row for row in rows if row.get("reference_of") == first]
+    torch_best = max((r["throughput_sorted"] for r in forms if r["engine"] == "torch"), default=None)
+    int8 = max((r["throughput_sorted"] for r in forms if r["precision"] == "i8"), default=None)
+    for row in rows:
+        row["x_reference_torch"] = round(row["throughput_sorted"] / torch_best, 2) if torch_best else None
+        row["x_reference_int8"] = round(row["throughput_sorted"] / int8, 2) if int8 else None
 
 
 def artifacts_override(artifacts: dict[str, str | Path]) -> str:
@@ -88,8 +135,10 @@ COLUMNS = [("model", "model"), ("engine", "engine"), ("precision", "precision"),
            ("latency_model_ms_p50", "batch-1 ms p50"), ("latency_model_ms_p95", "p95"),
            ("latency_e2e_ms_p50", "end-to-end ms p50"), ("latency_e2e_ms_p95", "p95"),
            ("throughput_sorted", "sent/s @32 sorted"), ("throughput_unsorted", "unsorted"),
-           ("throughput_ratio", "x ref"), ("achieved_gflops", "GFLOP/s"),
+           ("throughput_ratio", "x ref fp32"), ("x_reference_torch", "x ref best torch"),
+           ("x_reference_int8", "x ref int8"), ("achieved_gflops", "GFLOP/s"),
            ("peak_share", "of peak"), ("acc", "acc"), ("f1_macro", "macro-F1"),
+           ("accuracy_from", "accuracy from"),
            ("kl_teacher_student", "KL to ref"), ("agreement_with_teacher", "agreement")]
 
 
@@ -156,7 +205,8 @@ def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
         axes.scatter(row["throughput_sorted"], row["f1_macro"], s=40 + 800 * row["size_bytes"] / largest,
                      alpha=0.6, edgecolors="black", marker="s" if published else "o",
                      color="lightgrey" if published else None)
-        note = "published accuracy, timed here" if published else f"{row['size_bytes'] / 2**20:.0f} MiB"
+        note = ("published accuracy (another split), timed here" if published
+                else f"{row['size_bytes'] / 2**20:.0f} MiB")
         axes.annotate(f"{row['model']}\n{note}",
                       (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
                       xytext=(6, 4), textcoords="offset points")
