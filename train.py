@@ -17,10 +17,11 @@ from fincompress.stages.distill import StudentMismatchError, run_distill
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import run_ptq
+from fincompress.stages.static import run_static
 from fincompress.stages.teacher import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
-         "ptq": run_ptq, "qat": run_qat,
+         "ptq": run_ptq, "qat": run_qat, "static": run_static,
          "compress": run_compress, "benchmark": run_benchmark}
 
 

@@ -1,8 +1,9 @@
 """One predictor interface for every artifact the project writes.
 
 :func:`load` opens a folder: a Hugging Face model (fp32, or pruned; run in bf16 where the CPU
-has it natively, see :mod:`fincompress.hardware`), an OpenVINO IR (``model.xml``) or an ONNX
-graph (``model.onnx``), fp32 or INT8. Every predictor turns texts into logits in length-sorted
+has it natively, see :mod:`fincompress.hardware`), an OpenVINO IR (``model.xml``), an ONNX
+graph (``model.onnx``), fp32 or INT8, or a model2vec static-embedding classifier
+(``head.safetensors``). Every predictor turns texts into logits in length-sorted
 batches padded to their own longest sentence, so scoring and timing treat every engine alike.
 This is the project's one inference loop: scoring, the benchmark, pseudo-labelling (with the
 teacher's [CLS] states) and the API all run through :meth:`Predictor.logits_ids`.
@@ -158,6 +159,68 @@ class ONNXRuntimePredictor(Predictor):
                                                         "attention_mask": attention_mask.numpy()})[0])
 
 
+class StaticPredictor(Predictor):
+    """A model2vec static-embedding classifier (a ``StaticModelPipeline`` folder): each sentence
+    is the mean of its tokens' vectors (weighted where the model has token weights), normalised
+    where the model says so, then an MLP head. The mean runs here as one ``embedding_bag`` over
+    token ids, so tokenizing stays outside the timed model as for every engine; the vectors,
+    weights and head are model2vec's own."""
+
+    engine = "model2vec"
+    inference_precision = "f32"
+
+    def __init__(self, folder: str | Path, labels: list[str]):
+        import numpy as np
+        from model2vec.inference import StaticModelPipeline
+
+        self.folder = Path(folder)
+        self.labels = list(labels)
+        self.pipeline = StaticModelPipeline.from_pretrained(self.folder)
+        model = self.pipeline.model
+        self.tokenizer = model.tokenizer
+        self.vectors = torch.from_numpy(np.asarray(model.embedding, dtype=np.float32))
+        self.token_weights = (None if model.weights is None
+                              else torch.from_numpy(np.asarray(model.weights, dtype=np.float32)))
+        self.mapping = (None if model.token_mapping is None
+                        else torch.as_tensor(np.asarray(model.token_mapping), dtype=torch.long))
+        self.normalize = model.normalize
+        classes = [str(c) for c in self.pipeline.classes_]
+        missing = sorted(set(self.labels) - set(classes))
+        if missing:
+            raise ValueError(f"{self.folder}: the static classifier has classes {classes}, "
+                             f"not {missing}")
+        self.columns = [classes.index(label) for label in self.labels]
+        self.parameters = self.vectors.numel() + sum(layer.weight.size + layer.bias.size
+                                                     for layer in self.pipeline.head.layers)
+
+    def encode(self, texts: list[str], max_length: int = 128) -> list[list[int]]:
+        return [ids[:max_length] for ids in self.pipeline.model.tokenize(list(texts))]
+
+    def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32, sort: bool = True,
+                   description: str | None = None, cls_states: bool = False):
+        if cls_states:
+            return self.run_with_cls(None, None)
+        logits = torch.empty(len(input_ids), len(self.labels))
+        starts = range(0, len(input_ids), batch_size)
+        for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
+            logits[start:start + batch_size] = self.run_ids(input_ids[start:start + batch_size])
+        return logits
+
+    def run_ids(self, batch: list[list[int]]) -> torch.Tensor:
+        flat = torch.tensor([i for ids in batch for i in ids], dtype=torch.long)
+        lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.float32)
+        offsets = torch.cumsum(torch.tensor([0, *map(len, batch[:-1])]), 0)
+        rows = flat if self.mapping is None else self.mapping[flat]
+        weights = None if self.token_weights is None else self.token_weights[flat]
+        sums = torch.nn.functional.embedding_bag(rows, self.vectors, offsets, mode="sum",
+                                                 per_sample_weights=weights)
+        means = sums / lengths.clamp(min=1).unsqueeze(1)  # a sentence of no known token: zeros
+        if self.normalize:
+            means = torch.nn.functional.normalize(means, dim=1, eps=1e-32)
+        probabilities = self.pipeline.head.predict_proba(means.numpy())
+        return torch.from_numpy(probabilities[:, self.columns]).float().clamp(min=1e-12).log()
+
+
 def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto",
          threads: int | None = None):
     """The predictor for an artifact folder: OpenVINO IR if it has ``model.xml``, ONNX if it has
@@ -167,6 +230,8 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     labels = labels or recorded_labels(folder)
+    if (folder / "head.safetensors").is_file():
+        return StaticPredictor(folder, labels)
     if (folder / "model.xml").is_file():
         return OpenVINOPredictor(folder, labels, threads)
     if (folder / "model.onnx").is_file():
@@ -174,7 +239,8 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
     if (folder / "config.json").is_file():
         return TorchPredictor(folder, labels, precision)
     raise FileNotFoundError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
-                            "model.onnx (ONNX) or config.json (a Hugging Face folder)")
+                            "model.onnx (ONNX), head.safetensors (a model2vec classifier) or "
+                            "config.json (a Hugging Face folder)")
 
 
 def recorded_labels(folder: Path) -> list[str]:

@@ -36,7 +36,7 @@ from fincompress.files import folder_size_bytes
 from fincompress.hardware import native_bf16
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import count_parameters
-from fincompress.predict import Predictor, TorchPredictor, load
+from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, load
 
 
 def peak_rates(n: int = 1024, repeats: int = 10) -> dict[str, float]:
@@ -105,6 +105,8 @@ def parameter_count(folder: Path, predictor: Predictor) -> int:
     shape recorded beside it, built on the meta device)."""
     if isinstance(predictor, TorchPredictor):
         return count_parameters(predictor.model)
+    if isinstance(predictor, StaticPredictor):
+        return predictor.parameters
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from fincompress.compress.prune import rebuild_pruned
@@ -162,11 +164,13 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
     rows = []
     for name, p in predictors.items():
         folder = runs[name][0]
-        config = json.loads((folder / "config.json").read_text())
-        lengths = sorted(len(ids) for ids in encoded[name])
-        batches = [(len(lengths[i:i + 32]), max(lengths[i:i + 32]))
-                   for i in range(0, len(lengths), 32)]
-        gflops = encoder_flops(config, batches) / min(sorted_s[name]) / 1e9
+        gflops = None  # a static model has no encoder
+        if not isinstance(p, StaticPredictor):
+            config = json.loads((folder / "config.json").read_text())
+            lengths = sorted(len(ids) for ids in encoded[name])
+            batches = [(len(lengths[i:i + 32]), max(lengths[i:i + 32]))
+                       for i in range(0, len(lengths), 32)]
+            gflops = encoder_flops(config, batches) / min(sorted_s[name]) / 1e9
         row_precision = _precision(p)
         scores = diagnostics(logits[name], gold, labels, reference)
         rows.append({
@@ -181,9 +185,9 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
             "throughput_sorted": round(len(texts) / min(sorted_s[name]), 1),
             "throughput_unsorted": (round(len(texts) / min(unsorted_s[name]), 1)
                                     if unsorted_s[name] else None),
-            "achieved_gflops": round(gflops, 1),
+            "achieved_gflops": None if gflops is None else round(gflops, 1),
             "peak_share": (round(gflops / peaks[row_precision], 3)
-                           if peaks and row_precision in peaks else None),
+                           if gflops and peaks and row_precision in peaks else None),
             **scores,
             # each sentence's label, in split order (what fincompress.load must reproduce)
             "predictions": [labels[i] for i in logits[name].argmax(-1).tolist()],

@@ -131,7 +131,14 @@ def report(root: Path, link_base: Path, figures: Path | None = None,
                              figures))
         parts.append(_figure(root / "benchmark" / "confusion_matrices.png", link_base,
                              "benchmark confusion matrices", figures))
-    study = _study_folder(stages)
+    frontier = _script_folder(stages, "frontier")
+    if frontier and (frontier / "frontier.md").is_file():
+        parts.append("**The small-student frontier** (`scripts/frontier.py`: test macro-F1 mean ± "
+                     "std over seeds, throughput from its own interleaved benchmark)\n\n"
+                     + (frontier / "frontier.md").read_text().split("\n", 1)[1].strip())
+        parts.append(_figure(frontier / "frontier.png", link_base, "frontier (Pareto)", figures,
+                             "frontier.png"))
+    study = _script_folder(stages, "study")
     if study and (study / "study.md").is_file():
         parts += study_section(study, f"{seeds} seed(s)", link_base, figures, "study_")
         shares = loss_shares(study)
@@ -172,10 +179,12 @@ def study_section(study: Path, seeds: str, link_base: Path, figures: Path | None
     return parts
 
 
-def _study_folder(stages: dict) -> Path | None:
-    command = stages.get("study", {}).get("command", [])
+def _script_folder(stages: dict, stage: str) -> Path | None:
+    """The folder a script stage (``study``, ``frontier``) wrote, from its command's
+    ``--output-root`` and ``--name``."""
+    command = stages.get(stage, {}).get("command", [])
     if "--output-root" in command and "--name" in command:
-        return (Path(command[command.index("--output-root") + 1]) / "study"
+        return (Path(command[command.index("--output-root") + 1]) / stage
                 / command[command.index("--name") + 1])
     return None
 

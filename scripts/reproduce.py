@@ -16,7 +16,10 @@ rerun after a crash resumes where it stopped (``--redo STAGE`` runs a finished s
    in INT8; half its heads and FFN neurons;
 5. ``compress``: distil -> prune -> QAT INT8, stacked;
 6. ``benchmark``: every artifact above measured side by side on this CPU;
-7. the report: ``report.md`` (tables and figures) from the files the stages wrote.
+7. ``frontier``: the small-student frontier (``scripts/frontier.py``: two-layer students
+   distilled on all the news, INT8, against the same students fine-tuned to convergence and
+   quantized the same way, and the static tier; ``--seeds`` seeds, its own benchmark);
+8. the report: ``report.md`` (tables and figures) from the files the stages wrote.
 
 ``stages.json`` records each stage's command, status and wall time, and their sum (a resumed run
 counts the stages that ran earlier at their recorded times). The overrides after ``--``
@@ -36,7 +39,7 @@ from fincompress.stages.benchmark import artifacts_override
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["teacher", "study", "ptq", "qat", "teacher_int8", "prune30", "prune30_int8", "prune50",
-          "compress", "benchmark"]
+          "compress", "benchmark", "frontier"]
 STUDY_METHODS = "fresh,fresh_converged,ce,kd_t2,kd_t5,kd_t9,pkd,pkd_b1,pkd_b10,pkd_b100,tinybert"
 
 
@@ -162,6 +165,9 @@ def main() -> None:
     step("benchmark", train(root / "benchmark", "+experiment=benchmark",
                             artifacts_override(artifacts), *common, *pin,
                             *extra.get("benchmark", [])))
+    step("frontier", [sys.executable, "scripts/frontier.py", "--name", args.name,
+                      "--seeds", str(args.seeds), "--output-root", output_root, "--", *common, *pin,
+                      *extra.get("frontier", [])])
     record["total_wall_time_s"] = round(sum(record[s]["wall_time_s"] for s in STAGES if s in record), 1)
     record["this_invocation_s"] = round(time.perf_counter() - started, 1)
     state_file.write_text(json.dumps(record, indent=2))

@@ -164,6 +164,19 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     assert set(speed) == ({"teacher", "student"} | ({"fresh"} if saved["fresh"] else set()))
     assert speed["teacher"]["throughput_ratio"] == 1 and speed["student"]["throughput_sorted"] > 0
     assert "sentences/s at batch 32" in out and "batch-1 ms (median)" in out
+    # agreement with the teacher on the robustness hold-out, per group, printed
+    robust = saved["robustness"]
+    assert set(robust) == {"market_posts", "seeking_alpha"}
+    assert robust["market_posts"]["sentences"] > 1000 and robust["seeking_alpha"]["sentences"] > 50
+    for group, scores in robust.items():
+        assert set(scores) == {"sentences", "student", *(["fresh"] if saved["fresh"] else [])}
+        assert f"agreement on held-out {group} ({scores['sentences']})" in out
+    held = distill.robustness_holdout(
+        [str(DATA_DIR / "news")], {"fraction": 0.1, "seed": 0, "groups": {
+            "seeking_alpha": "seeking_alpha*"}})["seeking_alpha"]
+    agree = (load_predictor(student, LABELS, precision).logits(held, 64).argmax(-1)
+             == load_predictor(saved["teacher_dir"], LABELS, precision).logits(held, 64).argmax(-1))
+    assert robust["seeking_alpha"]["student"] == pytest.approx(float(agree.float().mean()), abs=0.01)
     if saved["fresh"]:  # the verdict against the converged fresh baseline, printed and saved
         margin = saved["student"]["f1_macro"] - saved["fresh"]["f1_macro"]
         assert saved["verdict"]["beats_on_test"] == (margin > 0)

@@ -1,10 +1,12 @@
 """No evaluation sentence reaches training, on the real data: not through the news, not
-through the PhraseBank transfer text, not through its augmented variants. Sentences are
+through the PhraseBank transfer text, not through its augmented variants; nor does any
+sentence of the robustness hold-out (a seeded tenth of the market posts and of the Seeking
+Alpha sentences). Sentences are
 compared as letters and digits, so "Financial terms were not disclosed ." (PhraseBank's
 spacing) and "Financial terms were not disclosed." (a news copy) are the same sentence."""
 
 from fincompress.data.datamodule import phrasebank_split
-from fincompress.data.news import add_sentences, build_news_corpus
+from fincompress.data.news import add_sentences, build_news_corpus, robustness_holdout
 from fincompress.data.phrasebank import comparable, read_phrasebank
 from fincompress.models.sources import load_classifier
 from fincompress.stages.distill import transfer_sentences
@@ -28,7 +30,8 @@ def test_no_val_or_test_sentence_is_among_the_training_sentences(tmp_path, data_
     assert "Financial terms were not disclosed." in copies  # the news does hold such copies
 
     phrasebank = [row.text for row in read_phrasebank(cfg.news.exclude_phrasebank, "50")]
-    corpus = build_news_corpus(news_sources, exclude=phrasebank)  # every news sentence
+    # every news sentence but the hold-out, as the configured corpus is built
+    corpus = build_news_corpus(news_sources, exclude=phrasebank, holdout=cfg.news.holdout)
     model, tokenizer = load_classifier("bundled:minilm-l6", list(cfg.data.labels))
     extra = transfer_sentences(cfg, model, tokenizer, rows)
     assert len(extra["phrasebank"]) > 4000 and len(extra["augmented"]) > 3000
@@ -37,3 +40,13 @@ def test_no_val_or_test_sentence_is_among_the_training_sentences(tmp_path, data_
     training = {comparable(text) for text in corpus.sentences}
     assert len(training) > 140_000
     assert not held_out & training
+    # the robustness hold-out: about a tenth of each group, read again from its files alone
+    # (as the distill run scores it), and none of it in training
+    robust = robustness_holdout(news_sources, cfg.news.holdout)
+    assert robust == corpus.holdout
+    assert 2000 < len(robust["market_posts"]) < 3000 and 100 < len(robust["seeking_alpha"]) < 300
+    robust_texts = {comparable(text) for texts in robust.values() for text in texts}
+    assert len(robust_texts) == sum(map(len, robust.values()))
+    assert not robust_texts & training
+    assert robust_texts <= {comparable(text) for text in unfiltered}  # removed, not absent
+

@@ -181,6 +181,8 @@ class NewsDataModule(L.LightningDataModule):
         extra_sentences: in-domain sentences added after subsampling, by name (see
             ``distill.pseudo_label.add_phrasebank`` and ``augment``), each group counted as
             ``<name>_added``.
+        holdout: the robustness hold-out (``fraction``, ``seed``, ``groups``), kept out of the
+            corpus (see :func:`~fincompress.data.news.build_news_corpus`).
     """
 
     def __init__(
@@ -198,10 +200,12 @@ class NewsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         extra_sentences: dict[str, list[str]] | None = None,
+        holdout: dict | None = None,
     ):
         super().__init__()
         self.sources = list(sources)
         self.extra_sentences = extra_sentences
+        self.holdout = holdout
         self.text_column = text_column
         self.min_words = min_words
         self.max_words = max_words
@@ -225,7 +229,7 @@ class NewsDataModule(L.LightningDataModule):
                 exclude = [r.text for r in read_phrasebank(self.exclude_phrasebank, "50")]
             self.corpus = build_news_corpus(
                 self.sources, self.text_column, self.min_words, self.max_words, exclude,
-                self.max_sentences, self.seed,
+                self.max_sentences, self.seed, holdout=self.holdout,
             )
             for name, sentences in (self.extra_sentences or {}).items():
                 self.corpus = add_sentences(self.corpus, sentences, name)

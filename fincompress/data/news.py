@@ -4,12 +4,14 @@ Readers: Reuters-21578 SGML (titles and bodies, entities decoded, bodies split i
 sentences), CSV with a named text column, plain text with one item per line, and JSONL with
 a named text field. :func:`build_news_corpus` cleans (whitespace, links), applies length
 limits, removes duplicates and every Financial PhraseBank sentence (so no test sentence leaks
-into training), subsamples deterministically, and reports what each step removed.
+into training), holds out a seeded share of chosen files for robustness scoring
+(:func:`held_out`), subsamples deterministically, and reports what each step removed.
 """
 
 from __future__ import annotations
 
 import csv
+import fnmatch
 import hashlib
 import html
 import json
@@ -144,11 +146,21 @@ def clean_text(text: str) -> str:
     return re.sub(r"\s+", " ", _CONTROL.sub(" ", _LINK.sub(" ", text))).strip()
 
 
+def held_out(sentence: str, fraction: float, seed: int) -> bool:
+    """Whether ``sentence`` is in the seeded robustness hold-out (``fraction`` of sentences):
+    decided by its letters and digits alone, so a sentence is held out, or not, whatever file,
+    order, subsample or run it comes in."""
+    digest = hashlib.sha256(f"{seed}:{comparable(sentence)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
 @dataclass
 class NewsCorpus:
     sentences: list[str]
     counts: dict[str, int] = field(default_factory=dict)
     per_file: dict[str, int] = field(default_factory=dict)
+    # the robustness hold-out by group name: sentences no training corpus may hold
+    holdout: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -169,6 +181,7 @@ def build_news_corpus(
     max_sentences: int | None = None,
     seed: int = 0,
     split_long_items: bool = True,
+    holdout: dict | None = None,
 ) -> NewsCorpus:
     """Read, clean, filter, de-duplicate and subsample unlabelled sentences.
 
@@ -181,6 +194,9 @@ def build_news_corpus(
             (:func:`~fincompress.data.phrasebank.comparable`).
         max_sentences: keep a seeded random subset of this size (None keeps all).
         split_long_items: split multi-sentence CSV/JSONL/line items into sentences.
+        holdout: ``{"fraction", "seed", "groups": {name: file-name pattern}}``: of the files a
+            group's pattern matches, the sentences :func:`held_out` picks are kept apart (in
+            ``corpus.holdout[name]``), and no copy of them, from any file, stays in the corpus.
 
     Raises:
         ValueError: when nothing is left, naming the step that removed the last sentences.
@@ -189,12 +205,14 @@ def build_news_corpus(
     if not files:
         raise ValueError(f"no news files found in {[str(s) for s in sources]}")
     raw: list[str] = []
+    raw_items: dict[str, list[str]] = {}
     per_file: dict[str, int] = {}
     for path in files:
         items = read_news_file(path, text_column)
         if split_long_items and path.suffix.lower() != ".sgm":
             items = [s for item in items for s in split_sentences(clean_text(item))]
         per_file[path.name] = len(items)
+        raw_items[path.name] = items
         raw += items
     counts = Counter(read=len(raw))
     cleaned = [clean_text(text) for text in raw]
@@ -202,6 +220,13 @@ def build_news_corpus(
     counts["too_short_or_long"] = len(cleaned) - len(kept)
     unique = list(dict.fromkeys(kept))
     counts["duplicates"] = len(kept) - len(unique)
+    groups: dict[str, list[str]] = {}
+    if holdout and holdout.get("fraction"):
+        groups = holdout_groups(files, unique, sources_of(files, raw_items), holdout)
+        kept_apart = {comparable(text) for texts in groups.values() for text in texts}
+        survivors = [t for t in unique if comparable(t) not in kept_apart]
+        counts["robustness_holdout"] = len(unique) - len(survivors)
+        unique = survivors
     if exclude:
         excluded = {comparable(text) for text in exclude}
         survivors = [t for t in unique if comparable(t) not in excluded]
@@ -214,12 +239,47 @@ def build_news_corpus(
     if not unique:
         names = [str(f) for f in files]
         raise ValueError(f"the news corpus is empty after filtering: {dict(counts)} (files: {names})")
-    return NewsCorpus(unique, dict(counts), per_file)
+    return NewsCorpus(unique, dict(counts), per_file, groups)
+
+
+def sources_of(files: list[Path], raw_items: dict[str, list[str]]) -> dict[str, set[str]]:
+    """The names of the files each cleaned sentence occurs in."""
+    found: dict[str, set[str]] = {}
+    for path in files:
+        for text in raw_items[path.name]:
+            found.setdefault(clean_text(text), set()).add(path.name)
+    return found
+
+
+def holdout_groups(files: list[Path], sentences: list[str], source: dict[str, set[str]],
+                   holdout: dict) -> dict[str, list[str]]:
+    """The hold-out of each group: the ``sentences`` (cleaned, filtered, unique) found in a file
+    the group's pattern matches and that :func:`held_out` picks (so reading only those files
+    gives the same hold-out as reading them all); a group no file matches is empty."""
+    groups = {}
+    for group, pattern in holdout["groups"].items():  # a group no file matches stays empty
+        groups[group] = [text for text in sentences
+                         if fnmatch.filter(source.get(text, ()), pattern)
+                         and held_out(text, holdout["fraction"], holdout["seed"])]
+    return groups
+
+
+def robustness_holdout(sources: list[str | Path], holdout: dict, text_column: str = "summary",
+                       min_words: int = 4, max_words: int = 64) -> dict[str, list[str]]:
+    """The robustness hold-out of the news in ``sources`` (see :func:`build_news_corpus`),
+    read from the files its groups name only."""
+    patterns = list(holdout["groups"].values())
+    files = [path for path in news_files(sources)
+             if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)]
+    if not files:
+        return {group: [] for group in holdout["groups"]}
+    return build_news_corpus(files, text_column, min_words, max_words, holdout=holdout).holdout
 
 
 def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCorpus:
     """The corpus plus those of ``sentences`` it lacks, counted as ``<name>_added``."""
     present = {comparable(text) for text in corpus.sentences}
+    present |= {comparable(text) for texts in corpus.holdout.values() for text in texts}
     new = []
     for text in sentences:
         if comparable(text) not in present:
@@ -227,5 +287,6 @@ def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCo
             new.append(text)
     counts = {key: value for key, value in corpus.counts.items() if key != "total"}
     counts.update({f"{name}_added": len(new), "total": len(corpus.sentences) + len(new)})
-    return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)})
+    return NewsCorpus(corpus.sentences + new, counts, {**corpus.per_file, name: len(new)},
+                      corpus.holdout)
 

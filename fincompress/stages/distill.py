@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -29,15 +30,22 @@ from fincompress.data.datamodule import (
     tokenize_cached,
     tokenizer_fingerprint,
 )
-from fincompress.data.phrasebank import unlabelled_sentences
+from fincompress.data.news import NewsCorpus, robustness_holdout
+from fincompress.data.phrasebank import calibration_texts, unlabelled_sentences
 from fincompress.distill.loss import DistillationLoss, build_loss
 from fincompress.files import folder_size_bytes, write_json
 from fincompress.metrics import save_confusion_matrices
 from fincompress.models.sources import load_classifier
 from fincompress.module import ClassifierModule
+from fincompress.predict import load
 from fincompress.scoring import score
 from fincompress.stages.fresh import ensure_fresh_baseline
-from fincompress.stages.pseudo_labels import PseudoLabels, pseudo_label, pseudo_label_inputs
+from fincompress.stages.pseudo_labels import (
+    PseudoLabels,
+    fastest_faithful_teacher,
+    pseudo_label,
+    pseudo_label_inputs,
+)
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.store import ensure_stage, stage_key
 from fincompress.tables import markdown_table
@@ -121,6 +129,10 @@ def run_distill(cfg: DictConfig) -> dict:
                    score_batch_size=SCORE_BATCH)
     rows = {row["model"]: row for row in scored["models"]}
     result = results(cfg, rows, info, teacher_dir, teacher_info, best_val, machine)
+    clock = time.perf_counter()
+    result["robustness"] = robustness(cfg, teacher_dir, {
+        "student": student_dir, **({"fresh": fresh_dir} if fresh_dir else {})})
+    timings["robustness_s"] = round(time.perf_counter() - clock, 1)
     result["teacher_split_unknown"] = teacher_split is None
     result["verdict"] = verdict(result["student"], result["fresh"])
     info["metrics"] = {f"test/{k}": v for k, v in result["student"].items() if isinstance(v, float)}
@@ -178,6 +190,32 @@ def results(cfg: DictConfig, rows: dict[str, dict], info: dict, teacher_dir: Pat
         "fresh": fresh,
         "speed": speed,
     }
+
+
+def robustness(cfg: DictConfig, teacher_dir: Path, models: dict[str, Path]) -> dict:
+    """Each model's label agreement with the teacher on text unlike PhraseBank: the robustness
+    hold-out (``news.holdout``), which no training corpus holds, per group. The teacher's labels
+    are stored (a pseudo-label stage); ``{}`` without a hold-out."""
+    holdout = cfg.news.get("holdout")
+    if not holdout or not holdout.fraction:
+        return {}
+    groups = robustness_holdout(cfg.news.sources, holdout, cfg.news.text_column,
+                                cfg.news.min_words, cfg.news.max_words)
+    labels = list(cfg.data.labels)
+    predictors = {name: load(folder, labels, cfg.trainer.precision)
+                  for name, folder in models.items()}
+    result = {}
+    for group, texts in groups.items():
+        if not texts:
+            continue
+        teacher = pseudo_label(teacher_dir, NewsCorpus(texts), cfg.paths.output_root, labels,
+                               cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
+                               precision=cfg.trainer.precision).hard_labels
+        result[group] = {"sentences": len(texts)}
+        for name, predictor in predictors.items():
+            predicted = predictor.logits(texts, SCORE_BATCH, cfg.news.max_length).argmax(-1)
+            result[group][name] = round(float((predicted == teacher).float().mean()), 4)
+    return result
 
 
 def verdict(student: dict, fresh: dict | None) -> dict | None:
@@ -239,8 +277,9 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
                                                           held_out))
     news.setup()
     print(news.corpus.summary())
+    labeller_rule = labelling_rule(cfg)
     pseudo_inputs = pseudo_label_inputs(teacher_dir, news.corpus, labels, cfg.news.max_length,
-                                        precision)
+                                        labeller_rule or precision)
 
     def build(staging: Path) -> None:
         stage = stage_config(cfg, staging, max_epochs=cfg.distill.stage1.max_epochs)
@@ -258,10 +297,12 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
             if loss.needs_attentions:  # attention maps need the eager implementation
                 teacher.set_attn_implementation("eager")
                 student.set_attn_implementation("eager")
-        pseudo = pseudo_label(teacher_dir, news.corpus, cfg.paths.output_root, labels,
-                              cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
-                              input_ids=news.dataset.input_ids,
-                              teacher=(teacher_model, teacher_tokenizer), precision=precision)
+        if labeller_rule and loss.teacher_cls_layers:
+            raise ValueError(
+                f"method {cfg.method.name} distils the teacher's cached [CLS] states, which "
+                "only its PyTorch form gives: set distill.pseudo_label.engine=torch")
+        pseudo = label_news(cfg, teacher_dir, split, news, (teacher_model, teacher_tokenizer),
+                            staging)
         train_loader, news_sentences = news_loader(cfg, news, pseudo, loss, tokenizer)
         phrasebank = instantiate(stage.data, tokenizer=tokenizer)
         phrasebank.setup()
@@ -287,6 +328,38 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
                                   stage1_inputs(cfg, pseudo_inputs), build)
     print(f"{'reusing' if reused else 'stored'} stage-1 student {folder / 'model'}")
     return folder
+
+
+def label_news(cfg: DictConfig, teacher_dir: Path, split, news, teacher: tuple,
+               scratch: Path) -> PseudoLabels:
+    """The teacher's labels of the news corpus (``news``, set up with the teacher's tokenizer),
+    stored; labelled through the form ``distill.pseudo_label.engine`` picks (``teacher``: its
+    loaded model and tokenizer; ``scratch``: a folder for the validation split the choice is
+    measured on)."""
+    rule = labelling_rule(cfg)
+    labeller = None
+    if rule:
+        calibration = calibration_texts(split.splits["train"], cfg.quantize.calibration_sentences,
+                                        cfg.seed)
+        phrasebank_split(cfg, scratch / "split")
+        labeller = partial(fastest_faithful_teacher, cfg, teacher_dir, calibration,
+                           scratch / "split" / "val.csv", cfg.machine)
+    return pseudo_label(teacher_dir, news.corpus, cfg.paths.output_root, list(cfg.data.labels),
+                        cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
+                        input_ids=news.dataset.input_ids, teacher=teacher,
+                        precision=rule or cfg.trainer.precision, labeller=labeller)
+
+
+def labelling_rule(cfg: DictConfig) -> str | None:
+    """``distill.pseudo_label.engine``: None for ``torch`` (the teacher in PyTorch, in the run's
+    precision); for ``fastest``, the rule that picks the form, as the pseudo-labels' key names
+    it (the form chosen on the machine that labels is in their report)."""
+    engine = cfg.distill.pseudo_label.engine
+    if engine == "torch":
+        return None
+    if engine == "fastest":
+        return f"fastest form with agreement >= {cfg.distill.pseudo_label.min_agreement}"
+    raise ValueError(f"distill.pseudo_label.engine must be torch or fastest, got {engine!r}")
 
 
 def transfer_sentences(cfg: DictConfig, teacher_model, teacher_tokenizer,
@@ -353,9 +426,12 @@ def side_by_side(result: dict) -> str:
     for key in ("best_val_f1_macro", "acc", "f1_macro", "f1_negative", "f1_neutral",
                 "f1_positive", "kl_teacher_student", "agreement_with_teacher", "ece"):
         rows.append({"": key, **{name: _number(scores.get(key)) for name, scores in columns.items()}})
+    short = dict(zip(names, ["teacher", "student", "fresh"]))
+    for group, scores in (result.get("robustness") or {}).items():
+        rows.append({"": f"agreement on held-out {group} ({scores['sentences']})",
+                     **{name: _number(scores.get(short[name])) for name in names}})
     speed = result.get("speed") or {}
     if speed:
-        short = dict(zip(names, ["teacher", "student", "fresh"]))
         rows.append({"": "batch-1 ms (median)", **{
             name: f"{speed[short[name]]['latency_model_ms_p50']:.2f}" for name in names}})
         rows.append({"": "sentences/s at batch 32", **{

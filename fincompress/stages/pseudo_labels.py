@@ -8,12 +8,18 @@ reuses it. A new corpus that shares sentences with earlier caches of the same te
 length and precision (the same news plus PhraseBank text) copies their rows and labels only
 the new sentences. A report gives the label distribution and a
 confidence histogram.
+
+The teacher labels in PyTorch in the run's precision (``distill.pseudo_label.engine: torch``,
+with the [CLS] states PKD needs), or through its fastest faithful form on this machine
+(``fastest``: :func:`fastest_faithful_teacher`; logits only). The report records the labelling
+throughput, and for ``fastest`` every form's agreement and speed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,9 @@ import torch
 
 from fincompress.data.news import NewsCorpus
 from fincompress.files import write_json
-from fincompress.predict import TorchPredictor
+from fincompress.predict import TorchPredictor, load
+from fincompress.scoring import score
+from fincompress.stages.quantize import export_int8
 from fincompress.store import ensure_stage, folder_fingerprint
 
 log = logging.getLogger(__name__)
@@ -53,16 +61,49 @@ def pseudo_label_inputs(teacher_dir: str | Path, corpus: NewsCorpus, labels: lis
             "max_length": max_length, "precision": precision}
 
 
+def fastest_faithful_teacher(cfg, teacher_dir: Path, calibration: list[str], val_file: Path,
+                             machine: dict) -> tuple[str, Path, str, dict]:
+    """The teacher's fastest form on this machine whose labels agree with its fp32 PyTorch form
+    on at least ``distill.pseudo_label.min_agreement`` of the validation sentences: PyTorch
+    fp32, bf16 where native, and INT8 through each of ``quantize.backends`` (built once,
+    calibrated on ``calibration``), timed side by side at batch 32.
+
+    Returns the form's name, its folder, its PyTorch precision, and every form's measurement.
+    """
+    forms = {"torch fp32": (Path(teacher_dir), "32-true")}
+    if machine["precision"] == "bf16-mixed":
+        forms["torch bf16"] = (Path(teacher_dir), "bf16-mixed")
+    for backend in cfg.quantize.backends:
+        forms[f"{backend} int8"] = (export_int8(cfg, backend, Path(teacher_dir), calibration,
+                                                machine), "32-true")
+    rows = score(forms, list(cfg.data.labels), val_file, machine,
+                 repeats=cfg.quantize.timing_repeats)["models"]
+    measured = {name: {"agreement": row["agreement_with_teacher"],
+                       "throughput_sorted": row["throughput_sorted"]}
+                for name, row in zip(forms, rows)}
+    faithful = [name for name, row in measured.items()
+                if row["agreement"] >= cfg.distill.pseudo_label.min_agreement]
+    chosen = max(faithful, key=lambda name: measured[name]["throughput_sorted"])
+    log.info("labelling with the teacher's %s form: %s", chosen, json.dumps(measured))
+    return chosen, *forms[chosen], {"min_agreement": cfg.distill.pseudo_label.min_agreement,
+                                    "forms": measured, "chosen": chosen}
+
+
 def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str | Path,
                  labels: list[str], batch_size: int = 128, max_length: int = 128,
                  input_ids: list[list[int]] | None = None,
-                 teacher: tuple | None = None, precision: str = "32-true") -> PseudoLabels:
+                 teacher: tuple | None = None, precision: str = "32-true",
+                 labeller=None) -> PseudoLabels:
     """Label ``corpus`` with the teacher, or load the stored labels for this teacher + corpus
     (stage ``pseudo_labels`` of the store under ``output_root``).
 
     ``input_ids``: the corpus already tokenized with the teacher's tokenizer, if at hand;
     ``teacher``: ``(model, tokenizer)`` already loaded from ``teacher_dir``, if at hand;
-    ``precision``: the inference precision (bf16 autocast under a bf16 precision).
+    ``precision``: the inference precision (bf16 autocast under a bf16 precision), or, with
+    ``labeller``, the name of the rule that picks the labelling form (part of the store key);
+    ``labeller``: a function of nothing returning ``(form, folder, precision, record)`` (see
+    :func:`fastest_faithful_teacher`), called only when something is left to label: the
+    teacher form that labels, without [CLS] states (``cls`` is then empty).
     """
     inputs = pseudo_label_inputs(teacher_dir, corpus, labels, max_length, precision)
 
@@ -71,13 +112,29 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
         missing = [i for i, copied in enumerate(found) if not copied]
         log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
                  len(found) - len(missing), len(found), len(missing))
+        speed = {}
         if missing:
-            model, tokenizer = teacher or (None, None)
-            predictor = TorchPredictor(teacher_dir, labels, precision, model, tokenizer)
+            if labeller is None:
+                model, tokenizer = teacher or (None, None)
+                predictor = TorchPredictor(teacher_dir, labels, precision, model, tokenizer)
+            else:
+                form, folder, form_precision, speed["labeller"] = labeller()
+                predictor = load(folder, labels, form_precision)
             ids = (predictor.encode([corpus.sentences[i] for i in missing], max_length)
                    if input_ids is None else [input_ids[i] for i in missing])
-            new_logits, new_cls = predictor.logits_ids(ids, batch_size, cls_states=True,
-                                                       description="pseudo-labelling news")
+            clock = time.perf_counter()
+            if labeller is None:
+                new_logits, new_cls = predictor.logits_ids(ids, batch_size, cls_states=True,
+                                                           description="pseudo-labelling news")
+            else:
+                new_logits = predictor.logits_ids(ids, batch_size,
+                                                  description=f"pseudo-labelling news ({form})")
+                new_cls = torch.empty(len(ids), 0, 0, dtype=torch.float16)
+            seconds = time.perf_counter() - clock
+            speed.update(labelled=len(ids), labelling_s=round(seconds, 1),
+                         labelling_sentences_per_s=round(len(ids) / seconds, 1))
+            log.info("pseudo-labels: %d sentences in %.1f s (%.1f sentences/s)", len(ids),
+                     seconds, len(ids) / seconds)
             if logits is None:
                 logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
                 cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
@@ -87,7 +144,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
                     "labels": labels}, staging / "labels.pt")
         result = PseudoLabels(corpus.sentences, logits, cls, labels, staging)
         report = label_report(result)
-        report.update(teacher=str(teacher_dir), **inputs,
+        report.update(teacher=str(teacher_dir), **inputs, **speed,
                       copied_from_earlier_caches=len(found) - len(missing),
                       corpus_counts=corpus.counts, per_file=corpus.per_file)
         write_json(report, staging / "report.json")

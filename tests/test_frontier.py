@@ -1,0 +1,167 @@
+"""The frontier's parts: the robustness hold-out, labelling through the teacher's fastest
+faithful form, and the model2vec static tier opened and scored like any artifact."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fincompress.data.news import add_sentences, build_news_corpus, held_out, robustness_holdout
+from fincompress.data.phrasebank import comparable
+from fincompress.predict import StaticPredictor
+from fincompress.predict import load as load_predictor
+from fincompress.scoring import score
+from fincompress.stages import pseudo_labels as pseudo_label_module
+from fincompress.stages.distill import labelling_rule
+from fincompress.stages.teacher import ensure_teacher
+
+from .conftest import NEWS_DIR, TINY, compose_config
+
+LABELS = ["negative", "neutral", "positive"]
+HOLDOUT = {"fraction": 0.1, "seed": 0,
+           "groups": {"market_posts": "posts*", "seeking_alpha": "summaries*"}}
+
+
+@pytest.fixture(scope="module")
+def news_slice(tmp_path_factory):
+    """Slices of the real news: 3,000 market posts, the Seeking Alpha summaries, and a file of
+    other news that repeats some market posts."""
+    folder = tmp_path_factory.mktemp("news")
+    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:3000]
+    (folder / "posts_a.txt").write_text("\n".join(posts) + "\n")
+    (folder / "summaries.csv").write_bytes(
+        (NEWS_DIR / "seeking_alpha" / "seeking_alpha_summaries.csv").read_bytes())
+    (folder / "wire.txt").write_text("\n".join(posts[::3]) + "\n")  # copies, other file
+    return folder
+
+
+def test_the_holdout_is_decided_by_content_and_never_reaches_training(news_slice):
+    corpus = build_news_corpus([news_slice], holdout=HOLDOUT)
+    posts, summaries = corpus.holdout["market_posts"], corpus.holdout["seeking_alpha"]
+    everything = build_news_corpus([news_slice]).sentences
+    assert 0.07 < (len(posts) + len(summaries)) / len(everything) < 0.13  # about a tenth
+    assert len(summaries) > 50
+    kept_apart = {comparable(text) for text in posts + summaries}
+    assert not kept_apart & {comparable(text) for text in corpus.sentences}
+    # a copy of a held-out post in another file is removed too
+    wire = build_news_corpus([news_slice / "wire.txt"]).sentences
+    assert kept_apart & {comparable(text) for text in wire}
+    assert corpus.counts["robustness_holdout"] == len(everything) - len(corpus.sentences)
+    # the same decision whatever the order, spacing or run; another seed holds out others
+    assert all(held_out(text.upper() + " .", 0.1, 0) for text in posts[:20])
+    assert not all(held_out(text, 0.1, 1) for text in posts[:20])
+    # read from the group files alone, as the runs score it: the same sentences
+    assert robustness_holdout([news_slice], HOLDOUT) == corpus.holdout
+    # added text (the PhraseBank transfer sentences) cannot bring a held-out sentence back
+    grown = add_sentences(corpus, [posts[0], "Orders doubled in the quarter."], "transfer")
+    assert grown.counts["transfer_added"] == 1 and grown.holdout == corpus.holdout
+    # a group no file matches is empty, not an error; no fraction: no hold-out
+    other = {**HOLDOUT, "groups": {"none": "nothing*"}}
+    assert robustness_holdout([news_slice], other) == {"none": []}
+    assert build_news_corpus([news_slice], holdout={**HOLDOUT, "fraction": 0}).holdout == {}
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("frontier")
+    return ensure_teacher(compose_config([*TINY], root))
+
+
+def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
+    cfg = compose_config([*TINY, "distill.pseudo_label.engine=fastest",
+                          "quantize.backends=[onnxruntime]"], tmp_path)
+    from fincompress.data.datamodule import phrasebank_split
+    from fincompress.data.news import NewsCorpus
+
+    split = phrasebank_split(cfg, tmp_path / "split")
+    choose = lambda: pseudo_label_module.fastest_faithful_teacher(  # noqa: E731
+        cfg, teacher_dir, [row.text for row in split.splits["train"][:32]],
+        tmp_path / "split" / "val.csv", {"precision": "32-true"})
+    form, folder, precision, record = choose()
+    forms = record["forms"]
+    assert set(forms) == {"torch fp32", "onnxruntime int8"} and forms["torch fp32"]["agreement"] == 1
+    faithful = [name for name, row in forms.items() if row["agreement"] >= 0.995]
+    assert form == max(faithful, key=lambda name: forms[name]["throughput_sorted"])
+    corpus = NewsCorpus(["Profit rose strongly this year .", "Sales fell .", "Costs were flat ."])
+    rule = labelling_rule(cfg)
+    pseudo = pseudo_label_module.pseudo_label(teacher_dir, corpus, tmp_path, LABELS,
+                                              precision=rule, labeller=choose)
+    expected = load_predictor(folder, LABELS, precision).logits(corpus.sentences)
+    assert torch.allclose(pseudo.logits, expected, atol=1e-4) and pseudo.cls.numel() == 0
+    report = json.loads((pseudo.folder / "report.json").read_text())
+    assert report["labeller"]["chosen"] == form and report["precision"] == rule
+    assert report["labelled"] == 3 and report["labelling_sentences_per_s"] > 0
+    # a stricter rule is another store key; the torch engine needs no rule
+    assert labelling_rule(compose_config([*TINY], tmp_path)) is None
+    with pytest.raises(ValueError, match="engine must be torch or fastest, got 'int8'"):
+        labelling_rule(compose_config([*TINY, "distill.pseudo_label.engine=int8"], tmp_path))
+
+
+def test_pkd_with_the_fastest_labeller_is_refused_before_labelling(teacher_dir, tmp_path):
+    from omegaconf import open_dict
+
+    from fincompress.stages.distill import run_distill
+
+    cfg = compose_config(["+experiment=pkd", *TINY, "news.max_sentences=40",
+                          "distill.pseudo_label.engine=fastest",
+                          f"teacher_checkpoint={teacher_dir}"], tmp_path)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="only its PyTorch form gives: set distill.pseudo_label.engine=torch"):
+        run_distill(cfg)
+    assert not (tmp_path / "stages" / "pseudo_labels").exists()
+
+
+@pytest.fixture(scope="module")
+def static_pipeline(tmp_path_factory, minilm_tokenizer):
+    """A model2vec classifier on random 16-d vectors over MiniLM's vocabulary, fitted for a few
+    epochs on PhraseBank-like sentences, saved as a pipeline folder with its labels."""
+    from model2vec import StaticModel
+    from model2vec.train import StaticModelForClassification
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(minilm_tokenizer.backend_tokenizer.to_str())
+    vectors = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), 16))
+    static = StaticModel(vectors=vectors.astype(np.float32), tokenizer=tokenizer)
+    texts = ["Profit rose strongly .", "Sales fell sharply .", "The meeting is on Monday .",
+             "Costs were cut and margins grew .", "The company lost its biggest client .",
+             "Shares were unchanged ."] * 8
+    labels = ["positive", "negative", "neutral", "positive", "negative", "neutral"] * 8
+    classifier = StaticModelForClassification.from_static_model(model=static, out_dim=3)
+    classifier.fit(texts, labels, max_epochs=3, X_val=texts[:6], y_val=labels[:6], device="cpu")
+    folder = tmp_path_factory.mktemp("static") / "student"
+    pipeline = classifier.to_pipeline()
+    pipeline.save_pretrained(str(folder))
+    (folder / "checkpoint_info.json").write_text(json.dumps({"labels": LABELS}))
+    return folder, pipeline, texts[:6]
+
+
+def test_a_static_classifier_opens_and_agrees_with_model2vec(static_pipeline):
+    folder, pipeline, texts = static_pipeline
+    predictor = load_predictor(folder)
+    assert isinstance(predictor, StaticPredictor) and predictor.engine == "model2vec"
+    ours = predictor.logits(texts + ["", "zzzzqqqq"]).softmax(-1)
+    theirs = pipeline.predict_proba(texts + ["", "zzzzqqqq"])
+    order = [list(pipeline.classes_).index(label) for label in LABELS]  # our label order
+    assert np.allclose(ours.numpy(), theirs[:, order], atol=1e-5)
+    assert predictor.parameters > 16 * 30000
+
+
+def test_a_static_classifier_is_scored_and_timed_like_any_artifact(static_pipeline, tmp_path,
+                                                                   tiny_classifier):
+    folder, _, texts = static_pipeline
+    split = tmp_path / "test.csv"
+    split.write_text("id,text,label\n" + "".join(f"{i},\"{t}\",{label}\n" for i, (t, label) in
+                                                enumerate(zip(texts, ["positive", "negative",
+                                                                      "neutral"] * 2))))
+    rows = score({"tiny": tiny_classifier, "static": folder}, LABELS, split, repeats=1)["models"]
+    static = rows[1]
+    assert static["engine"] == "model2vec" and static["achieved_gflops"] is None
+    assert static["throughput_sorted"] > 0 and static["parameters"] > 16 * 30000
+    assert len(static["predictions"]) == 6
+
+
+def test_a_folder_of_nothing_names_every_form(tmp_path):
+    with pytest.raises(FileNotFoundError, match="head.safetensors \\(a model2vec classifier\\)"):
+        load_predictor(tmp_path, LABELS)
