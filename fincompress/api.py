@@ -76,7 +76,7 @@ class Model:
             return answers
         ids, truncated = self.encode([texts[i] for i in scored])
         probabilities = self.predictor.logits_ids(ids, self.batch_size).softmax(-1)
-        unknown = self.predictor.tokenizer.unk_token_id
+        unknown = self.predictor.unknown_token_id
         for row, i in enumerate(scored):
             values = probabilities[row].tolist()
             answer = {"label": self.labels[max(range(len(values)), key=values.__getitem__)],
@@ -93,7 +93,7 @@ class Model:
         """Token ids cut to ``max_length`` (special tokens included, the final one kept), and
         whether each text was cut; each text is tokenized once."""
         cap = self.max_length * CHARS_PER_TOKEN_CAP
-        full = self.predictor.tokenizer([text[:cap] for text in texts])["input_ids"]
+        full = self.predictor.encode([text[:cap] for text in texts], max_length=None)
         ids = [whole if len(whole) <= self.max_length else whole[:self.max_length - 1] + whole[-1:]
                for whole in full]
         return ids, [len(text) > cap or len(whole) > self.max_length
@@ -108,7 +108,7 @@ def _empty() -> dict:
 def load(path: str | Path, threads: int | None = None, batch_size: int = 32,
          max_length: int = 128, precision: str = "auto") -> Model:
     """Open an artifact folder: a Hugging Face model (fp32, or pruned), an OpenVINO IR or an
-    ONNX graph, fp32 or INT8. A run or stage folder whose model sits in a ``student/`` or
+    ONNX graph, fp32 or INT8, or a model2vec static classifier. A run or stage folder whose model sits in a ``student/`` or
     ``model/`` subfolder opens that. ``threads`` sets the engine's thread count (PyTorch's is
     process-wide); ``precision`` (auto | 32-true | bf16-mixed) applies to PyTorch models."""
     folder = Path(path)
@@ -122,10 +122,11 @@ def load(path: str | Path, threads: int | None = None, batch_size: int = 32,
             folder = folder / child
     if not _has_model(folder):
         raise NotAModelError(f"{folder} holds no model: expected model.xml (OpenVINO IR), "
-                             "model.onnx (ONNX) or config.json (Hugging Face), here or in a "
-                             "student/ or model/ subfolder")
+                             "model.onnx (ONNX), head.safetensors (model2vec) or config.json "
+                             "(Hugging Face), here or in a student/ or model/ subfolder")
     return Model(folder, threads, batch_size, max_length, precision)
 
 
 def _has_model(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("model.xml", "model.onnx", "config.json"))
+    return any((folder / name).is_file()
+               for name in ("model.xml", "model.onnx", "head.safetensors", "config.json"))

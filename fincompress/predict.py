@@ -29,8 +29,14 @@ class Predictor:
     engine: str
     inference_precision: str
 
-    def encode(self, texts: list[str], max_length: int = 128) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    def encode(self, texts: list[str], max_length: int | None = 128) -> list[list[int]]:
+        """Token ids, cut to ``max_length`` (None: whole)."""
+        return self.tokenizer(list(texts), truncation=max_length is not None,
+                              max_length=max_length)["input_ids"]
+
+    @property
+    def unknown_token_id(self) -> int | None:
+        return self.tokenizer.unk_token_id
 
     def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128,
                sort: bool = True, description: str | None = None) -> torch.Tensor:
@@ -193,8 +199,12 @@ class StaticPredictor(Predictor):
         self.parameters = self.vectors.numel() + sum(layer.weight.size + layer.bias.size
                                                      for layer in self.pipeline.head.layers)
 
-    def encode(self, texts: list[str], max_length: int = 128) -> list[list[int]]:
+    def encode(self, texts: list[str], max_length: int | None = 128) -> list[list[int]]:
         return [ids[:max_length] for ids in self.pipeline.model.tokenize(list(texts))]
+
+    @property
+    def unknown_token_id(self) -> None:
+        return None  # model2vec drops unknown tokens as it tokenizes
 
     def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32, sort: bool = True,
                    description: str | None = None, cls_states: bool = False):

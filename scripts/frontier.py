@@ -27,7 +27,9 @@ checks) and ``frontier.png`` (the Pareto front).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -60,6 +62,14 @@ def train(folder: Path, overrides: list[str], label: str, results: str = "result
         raise RuntimeError(f"{label} failed (exit {code}); see {folder.with_suffix('.log')}")
     print(f"[frontier] {label}: {time.perf_counter() - started:.0f} s", flush=True)
     return json.loads(results.read_text())
+
+
+def student_overrides(name: str) -> list[str]:
+    """``minilm_lN``: the minilm_l2 config with N layers; else a student config's name."""
+    layers = re.fullmatch(r"minilm_l(\d+)", name)
+    if layers:
+        return ["student=minilm_l2", f"student.model.num_layers={layers[1]}"]
+    return [f"student={name}"]
 
 
 def p99_length(overrides: list[str]) -> int:
@@ -217,8 +227,8 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--students", default="minilm_l2",
-                        help="student configs (comma-separated); minilm_l3: "
-                             "'minilm_l2 student.model.num_layers=3' is minilm_l3")
+                        help="students, comma-separated: minilm_lN (N of MiniLM-L6's layers, "
+                             "every other one from the 2nd) or any student config name")
     parser.add_argument("--no-static", action="store_true", help="leave out the static tier")
     parser.add_argument("--output-root", default="outputs")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, after --")
@@ -228,9 +238,7 @@ def main() -> None:
     root = Path(args.output_root) / "frontier" / args.name
     overrides = [*SHARED, f"paths.output_root={args.output_root}", *args.overrides]
     started = time.perf_counter()
-    students = {name: (["student=minilm_l2", "student.model.num_layers=3"]
-                       if name == "minilm_l3" else [f"student={name}"])
-                for name in args.students.split(",")}
+    students = {name: student_overrides(name) for name in args.students.split(",")}
     seeds = list(range(42, 42 + args.seeds))
     pinned = list(overrides)
     length = p99_length(pinned)
@@ -263,9 +271,11 @@ def main() -> None:
     if statics:
         first["static"] = statics[0]["models"][1]["dir"]
     teacher_dir = next(iter(runs.values()))[seeds[0]]["distill"]["teacher_dir"]
-    benchmark = train(root / "benchmark", [*pinned, "+experiment=benchmark",
-                                           "benchmark.published=null",
-                                           artifacts_override({"teacher": teacher_dir, **first})],
+    override = artifacts_override({"teacher": teacher_dir, **first})
+    # one benchmark per set of artifacts: adding a student measures them all again, together
+    tag = hashlib.sha256(override.encode()).hexdigest()[:8]
+    benchmark = train(root / f"benchmark_{tag}", [*pinned, "+experiment=benchmark",
+                                                   "benchmark.published=null", override],
                       "benchmark", results="benchmark.json")
     bench, machine = benchmark["models"], benchmark["machine"]
     rows = summary(runs, statics, bench, seeds)

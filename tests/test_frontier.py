@@ -2,6 +2,7 @@
 faithful form, and the model2vec static tier opened and scored like any artifact."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,66 @@ def test_a_static_classifier_is_scored_and_timed_like_any_artifact(static_pipeli
 def test_a_folder_of_nothing_names_every_form(tmp_path):
     with pytest.raises(FileNotFoundError, match="head.safetensors \\(a model2vec classifier\\)"):
         load_predictor(tmp_path, LABELS)
+
+
+def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch):
+    """Vectors distilled from an encoder (the tiny teacher here, the bundled MPNet sentence
+    encoder by default), a head on the teacher's labels of the news, the folder scored beside
+    the teacher and on the robustness hold-out; the vectors are stored and reused."""
+    from omegaconf import open_dict
+
+    from fincompress.stages import static
+
+    cfg = compose_config(["+experiment=static", *TINY, "news.max_sentences=120",
+                          f"teacher_checkpoint={teacher_dir}", f"static.source={teacher_dir}",
+                          "static.pca_dims=16", "static.max_epochs=2", "static.timing_repeats=1"],
+                         tmp_path)
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(tmp_path / "run")
+    # the tiny teacher calls every sentence neutral: a clear error, not model2vec's
+    with pytest.raises(ValueError, match=r"labels none of the \d+ news sentences "
+                                         r"\['negative', 'positive'\]"):
+        static.run_static(cfg)
+    labelled = static.label_news
+
+    def keyword_teacher(*args):
+        """The stored labels with the logits of a keyword rule, so every class occurs."""
+        pseudo = labelled(*args)
+        for i, text in enumerate(pseudo.sentences):
+            words = text.lower()
+            pseudo.logits[i] = torch.tensor([5.0 * ("fell" in words or "loss" in words), 1.0,
+                                             5.0 * ("rose" in words or "profit" in words)])
+        return pseudo
+
+    monkeypatch.setattr(static, "label_news", keyword_teacher)
+    static.run_static(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    teacher_row, static_row = saved["models"]
+    assert static_row["engine"] == "model2vec" and static_row["dir"].endswith("student")
+    info = json.loads((tmp_path / "run" / "student" / "checkpoint_info.json").read_text())
+    assert info["stage"] == "static" and info["labels"] == LABELS
+    assert info["news_sentences"] > 100  # trained on the teacher's labels of the news
+    # the saved scores are those of the saved folder, opened as any artifact
+    from fincompress.data.phrasebank import read_split_file
+
+    rows = read_split_file(tmp_path / "run" / "split" / "test.csv")
+    predicted = load_predictor(tmp_path / "run" / "student").logits([r.text for r in rows])
+    assert [LABELS[i] for i in predicted.argmax(-1).tolist()] == static_row["predictions"]
+    assert set(saved["robustness"]) == {"market_posts", "seeking_alpha"}
+    assert 0 <= saved["robustness"]["market_posts"]["static"] <= 1
+    assert "model2vec" in capsys.readouterr().out
+    monkeypatch.setattr("model2vec.distill.distill_from_model", lambda **_: 1 / 0)  # noqa
+    assert static.static_vectors(cfg) == Path(info["vectors"])  # stored: not distilled again
+
+
+def test_fincompress_load_opens_a_static_classifier(static_pipeline):
+    import fincompress
+
+    folder, pipeline, texts = static_pipeline
+    model = fincompress.load(folder.parent)  # a run folder whose student/ is the model
+    assert model.engine == "model2vec"
+    answers = model.predict([texts[0], "", "word " * 400])
+    expected = pipeline.predict([texts[0]])[0]
+    assert answers[0]["label"] == expected and answers[0]["tokens"] > 0
+    assert answers[1]["label"] is None  # empty text: no prediction, as for every engine
+    assert answers[2]["truncated"] and answers[2]["tokens"] == 128

@@ -102,6 +102,11 @@ def train_static(cfg: DictConfig, vectors: Path, pseudo, val_rows: list, folder:
         model=StaticModel.from_pretrained(vectors), n_layers=cfg.static.head_layers,
         hidden_dim=cfg.static.hidden_dim, out_dim=len(pseudo.labels))
     hard = [pseudo.labels[i] for i in pseudo.hard_labels.tolist()]
+    missing = sorted(set(pseudo.labels) - set(hard))
+    if missing:
+        raise ValueError(f"the teacher labels none of the {len(hard)} news sentences "
+                         f"{missing} (pseudo-labels {pseudo.folder}): the static head cannot "
+                         "learn a class it never sees; check the teacher")
     classifier.fit(list(pseudo.sentences), hard, learning_rate=cfg.static.lr,
                    batch_size=cfg.static.batch_size, max_epochs=cfg.static.max_epochs,
                    early_stopping_patience=cfg.static.patience, device="cpu",
