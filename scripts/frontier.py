@@ -2,7 +2,7 @@
 against the same students fine-tuned to convergence and quantized the same way, and a static
 tier, all timed in one benchmark beside the teacher in every precision.
 
-    python scripts/frontier.py --name NAME [--seeds 3] [--students minilm_l2,minilm_l3] -- [train.py overrides]
+    python scripts/frontier.py --name NAME [--seeds 3] [--students minilm_l1,minilm_l2] -- [overrides]
     python scripts/frontier.py --name mpnet -- teacher=mpnet_base
 
 Every run is a ``train.py`` run into ``outputs/frontier/NAME/...`` (stored stages are shared,
@@ -133,7 +133,7 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
         timed = by_dir.get(statics[0]["models"][1]["dir"])
         row = {"model": "static (model2vec)", "seeds": len(statics), "f1_macro": mean,
                "f1_macro_std": std, "throughput": timed["throughput_sorted"] if timed else None}
-        for group, scores in statics[0].get("robustness", {}).items():
+        for group in statics[0].get("robustness", {}):
             row[f"agreement_{group}"] = statistics.fmean(s["robustness"][group]["static"]
                                                          for s in statics)
         rows.append(row)

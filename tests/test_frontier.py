@@ -109,7 +109,8 @@ def test_pkd_with_the_fastest_labeller_is_refused_before_labelling(teacher_dir, 
                           f"teacher_checkpoint={teacher_dir}"], tmp_path)
     with open_dict(cfg):
         cfg.paths.run_dir = str(tmp_path / "run")
-    with pytest.raises(ValueError, match="only its PyTorch form gives: set distill.pseudo_label.engine=torch"):
+    with pytest.raises(ValueError, match="only its PyTorch form gives: set "
+                                         "distill.pseudo_label.engine=torch"):
         run_distill(cfg)
     assert not (tmp_path / "stages" / "pseudo_labels").exists()
 
