@@ -110,7 +110,8 @@ def load(path: str | Path, threads: int | None = None, batch_size: int = 32,
     """Open an artifact folder: a Hugging Face model (fp32, or pruned), an OpenVINO IR or an
     ONNX graph, fp32 or INT8, or a model2vec static classifier. A run or stage folder whose
     model sits in a ``student/`` or ``model/`` subfolder opens that. ``threads`` sets the
-    engine's thread count (PyTorch's is process-wide); ``precision`` (auto | 32-true | bf16-mixed) applies to PyTorch models."""
+    engine's thread count (PyTorch's is process-wide); ``precision`` (auto | 32-true |
+    bf16-mixed) applies to PyTorch models."""
     folder = Path(path)
     if not folder.exists():
         raise NotAModelError(f"{folder} does not exist")
