@@ -84,13 +84,13 @@ def best_score(trainer: L.Trainer) -> float | None:
 
 
 def finetune(cfg: DictConfig, model, tokenizer, folder: Path, max_epochs: int | None = None,
-             patience: int | None = None) -> float | None:
+             patience: int | None = None, lr: float | None = None) -> float | None:
     """Stage 2: fine-tune ``model`` in place on PhraseBank gold labels with the stage-2 optimizer
-    (``distill.stage2``, the same for every student and the fresh baseline) for ``max_epochs``
-    (default ``distill.stage2.max_epochs``), stopping early once validation macro-F1 has not
-    improved for ``patience`` epochs (None: never), and keep the best epoch on validation
-    macro-F1; split files, checkpoints and logs go to ``folder``. Returns that best validation
-    macro-F1."""
+    (``distill.stage2``, the same for every student and the fresh baseline; ``lr`` replaces its
+    rate) for ``max_epochs`` (default ``distill.stage2.max_epochs``), stopping early once
+    validation macro-F1 has not improved for ``patience`` epochs (None: never), and keep the
+    best epoch on validation macro-F1; split files, checkpoints and logs go to ``folder``.
+    Returns that best validation macro-F1."""
     stage = stage_config(cfg, folder, max_epochs=max_epochs or cfg.distill.stage2.max_epochs)
     if patience is not None:
         with open_dict(stage):
@@ -101,7 +101,8 @@ def finetune(cfg: DictConfig, model, tokenizer, folder: Path, max_epochs: int | 
     phrasebank = instantiate(stage.data, tokenizer=tokenizer)
     phrasebank.setup()
     module = ClassifierModule(model, labels=list(cfg.data.labels),
-                              optimizer=instantiate(cfg.distill.stage2.optimizer),
+                              optimizer=instantiate(cfg.distill.stage2.optimizer,
+                                                    **({"lr": lr} if lr is not None else {})),
                               scheduler=instantiate(cfg.distill.stage2.scheduler))
     return best_score(fit(stage, module, prefix="stage2", datamodule=phrasebank))
 

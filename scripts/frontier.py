@@ -41,7 +41,10 @@ from fincompress.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 # every frontier run: all the news, labelled through the teacher's fastest faithful form
-SHARED = ["news.max_sentences=null", "distill.pseudo_label.engine=fastest", "news.batch_size=64"]
+SHARED = ["news.max_sentences=null", "distill.pseudo_label.engine=fastest", "news.batch_size=64",
+          # the fresh baseline given a higher rate, more epochs and more patience (see
+          # distill.fresh.lr in conf/distill/default.yaml)
+          "distill.fresh.lr=2e-4", "distill.fresh.max_epochs=20", "distill.fresh.patience=3"]
 KD = ["+experiment=kd", "method.temperature=2"]
 
 

@@ -228,7 +228,23 @@ def test_the_fresh_baseline_stops_once_validation_stops_improving(teacher_dir, t
         epochs = {row["stage2-epoch"] for row in csv.DictReader(handle) if row.get("stage2-val/f1_macro")}
     assert len(epochs) == 2
     record = json.loads((folder.parent / "stage.json").read_text())
-    assert record["inputs"]["fresh"] == {"max_epochs": 4, "patience": 1}  # part of the key
+    assert record["inputs"]["fresh"] == {"max_epochs": 4, "patience": 1, "lr": None}  # the key
+    # distill.fresh.lr replaces the stage-2 rate for the baseline alone: at 0 the head keeps its
+    # initial weights, at 1e-3 it learns
+    heads = {}
+    for lr in ("null", "1e-3"):
+        cfg = compose_config(["+experiment=pkd", *DISTILL_TINY, "student.stage2_lr=0",
+                              "distill.fresh.max_epochs=1", f"distill.fresh.lr={lr}",
+                              f"teacher_checkpoint={teacher_dir}"], tmp_path)
+        choose_precision(cfg)
+        model, _ = load_classifier(str(ensure_fresh_baseline(cfg, teacher_dir)), LABELS)
+        heads[lr] = model.classifier.weight.detach()
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True)
+    initial, _ = instantiate(cfg.student.model)
+    assert torch.equal(heads["null"], initial.classifier.weight.detach())
+    assert not torch.allclose(heads["1e-3"], initial.classifier.weight.detach())
     best = json.loads((folder / "checkpoint_info.json").read_text())["best_val_f1_macro"]
     student = {"best_val_f1_macro": best + 0.01, "f1_macro": 0.5}
     assert verdict(student, {"best_val_f1_macro": best, "f1_macro": 0.6}) == {

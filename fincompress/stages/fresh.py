@@ -1,5 +1,6 @@
 """The fresh-baseline stage: the student fine-tuned on PhraseBank only, from its initial
-weights, to convergence (the stage-2 optimizer for up to ``distill.fresh.max_epochs`` epochs,
+weights, to convergence (the stage-2 optimizer, at ``distill.fresh.lr`` when set, for up to
+``distill.fresh.max_epochs`` epochs,
 stopped early on validation macro-F1 after ``distill.fresh.patience`` epochs without a gain,
 the best epoch kept): the baseline a distilled student must beat. Stored, so a sweep over
 distillation settings trains it once. ``+experiment=fresh`` runs the same fine-tuning as a
@@ -35,7 +36,7 @@ def ensure_fresh_baseline(cfg: DictConfig, teacher_dir: Path) -> Path:
         L.seed_everything(cfg.seed, workers=True)
         model, tokenizer = instantiate(cfg.student.model)
         best_val = finetune(cfg, model, tokenizer, staging, cfg.distill.fresh.max_epochs,
-                            cfg.distill.fresh.patience)
+                            cfg.distill.fresh.patience, cfg.distill.fresh.lr)
         save_model_folder(model, tokenizer, staging / "model", {
             "stage": "fresh_baseline", "student": cfg.student.name, "teacher": str(teacher_dir),
             "best_val_f1_macro": best_val, "machine": cfg.machine,
