@@ -168,9 +168,12 @@ class ONNXRuntimePredictor(Predictor):
 class StaticPredictor(Predictor):
     """A model2vec static-embedding classifier (a ``StaticModelPipeline`` folder): each sentence
     is the mean of its tokens' vectors (weighted where the model has token weights), normalised
-    where the model says so, then an MLP head. The mean runs here as one ``embedding_bag`` over
-    token ids, so tokenizing stays outside the timed model as for every engine; the vectors,
-    weights and head are model2vec's own."""
+    where the model says so, then an MLP head (ReLU between layers, softmax out). The vectors,
+    weights and head are model2vec's own; the forward pass runs here in PyTorch (one
+    ``embedding_bag`` over token ids, then the head's layers), so that tokenizing stays outside
+    the timed model as for every engine, and so that no batch alternates between PyTorch's and
+    numpy's thread pools (model2vec's numpy head after a PyTorch mean cost 20 ms a batch of 32
+    here, against 1 ms in PyTorch alone)."""
 
     engine = "model2vec"
     inference_precision = "f32"
@@ -195,9 +198,16 @@ class StaticPredictor(Predictor):
         if missing:
             raise ValueError(f"{self.folder}: the static classifier has classes {classes}, "
                              f"not {missing}")
-        self.columns = [classes.index(label) for label in self.labels]
-        self.parameters = self.vectors.numel() + sum(layer.weight.size + layer.bias.size
-                                                     for layer in self.pipeline.head.layers)
+        if self.pipeline.head.activation.value != "softmax":
+            raise ValueError(f"{self.folder}: a {self.pipeline.head.activation.value} head is not "
+                             "a single-label classifier")
+        columns = [classes.index(label) for label in self.labels]  # in our label order
+        layers = [(torch.from_numpy(np.asarray(layer.weight, dtype=np.float32)),
+                   torch.from_numpy(np.asarray(layer.bias, dtype=np.float32)))
+                  for layer in self.pipeline.head.layers]
+        *self.hidden, (weight, bias) = layers
+        self.output = (weight[columns], bias[columns])
+        self.parameters = self.vectors.numel() + sum(w.numel() + b.numel() for w, b in layers)
 
     def encode(self, texts: list[str], max_length: int | None = 128) -> list[list[int]]:
         return [ids[:max_length] for ids in self.pipeline.model.tokenize(list(texts))]
@@ -224,11 +234,12 @@ class StaticPredictor(Predictor):
         weights = None if self.token_weights is None else self.token_weights[flat]
         sums = torch.nn.functional.embedding_bag(rows, self.vectors, offsets, mode="sum",
                                                  per_sample_weights=weights)
-        means = sums / lengths.clamp(min=1).unsqueeze(1)  # a sentence of no known token: zeros
+        out = sums / lengths.clamp(min=1).unsqueeze(1)  # a sentence of no known token: zeros
         if self.normalize:
-            means = torch.nn.functional.normalize(means, dim=1, eps=1e-32)
-        probabilities = self.pipeline.head.predict_proba(means.numpy())
-        return torch.from_numpy(probabilities[:, self.columns]).float().clamp(min=1e-12).log()
+            out = torch.nn.functional.normalize(out, dim=1, eps=1e-32)
+        for weight, bias in self.hidden:
+            out = torch.relu(torch.nn.functional.linear(out, weight, bias))
+        return torch.nn.functional.linear(out, *self.output)
 
 
 def load(path: str | Path, labels: list[str] | None = None, precision: str = "auto",
