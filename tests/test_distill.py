@@ -167,7 +167,10 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     # agreement with the teacher on the robustness hold-out, per group, printed
     robust = saved["robustness"]
     assert set(robust) == {"market_posts", "seeking_alpha"}
-    assert robust["market_posts"]["sentences"] > 1000 and robust["seeking_alpha"]["sentences"] > 50
+    # the configured sample of each group: 1,000 of the 2,347 held-out market posts, all 166
+    # Seeking Alpha sentences
+    assert robust["market_posts"]["sentences"] == 1000
+    assert 50 < robust["seeking_alpha"]["sentences"] < 1000
     for group, scores in robust.items():
         assert set(scores) == {"sentences", "student", *(["fresh"] if saved["fresh"] else [])}
         assert f"agreement on held-out {group} ({scores['sentences']})" in out

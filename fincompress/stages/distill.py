@@ -12,6 +12,7 @@ match reuses them. The run folder holds the final student (Hugging Face folder +
 from __future__ import annotations
 
 import json
+import random
 import time
 from functools import partial
 from pathlib import Path
@@ -194,8 +195,9 @@ def results(cfg: DictConfig, rows: dict[str, dict], info: dict, teacher_dir: Pat
 
 def robustness(cfg: DictConfig, teacher_dir: Path, models: dict[str, Path]) -> dict:
     """Each model's label agreement with the teacher on text unlike PhraseBank: the robustness
-    hold-out (``news.holdout``), which no training corpus holds, per group. The teacher's labels
-    are stored (a pseudo-label stage); ``{}`` without a hold-out."""
+    hold-out (``news.holdout``), which no training corpus holds, per group (at most
+    ``scored_per_group`` sentences of each, a seeded sample). The teacher's labels are stored (a
+    pseudo-label stage); ``{}`` without a hold-out."""
     holdout = cfg.news.get("holdout")
     if not holdout or not holdout.fraction:
         return {}
@@ -205,7 +207,10 @@ def robustness(cfg: DictConfig, teacher_dir: Path, models: dict[str, Path]) -> d
     predictors = {name: load(folder, labels, cfg.trainer.precision)
                   for name, folder in models.items()}
     result = {}
+    cap = holdout.get("scored_per_group")
     for group, texts in groups.items():
+        if cap and len(texts) > cap:  # a seeded sample, the same for every run
+            texts = random.Random(holdout.seed).sample(texts, cap)
         if not texts:
             continue
         teacher = pseudo_label(teacher_dir, NewsCorpus(texts), cfg.paths.output_root, labels,
