@@ -198,7 +198,7 @@ def plot(rows: list[dict], path: Path, caption: str) -> None:
         axes.errorbar(row["throughput"], row["f1_macro"], yerr=row["f1_macro_std"], fmt="o",
                       capsize=3)
         axes.annotate(row["model"], (row["throughput"], row["f1_macro"]), fontsize=7,
-                      xytext=(4, 4 if index % 2 else -11), textcoords="offset points")
+                      xytext=[(4, -11), (4, 5), (-30, 14)][index % 3], textcoords="offset points")
     front, best = [], -1.0
     for row in sorted(timed, key=lambda r: -r["throughput"]):
         if row["f1_macro"] > best:
