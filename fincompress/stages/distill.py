@@ -276,12 +276,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
     precision = cfg.trainer.precision
     labels = list(cfg.data.labels)
     teacher_model, teacher_tokenizer = load_classifier(str(teacher_dir), labels)
-    held_out = split.splits["val"] + split.splits["test"]
-    news = instantiate(cfg.news, tokenizer=teacher_tokenizer,
-                       extra_sentences=transfer_sentences(cfg, teacher_model, teacher_tokenizer,
-                                                          held_out))
-    news.setup()
-    print(news.corpus.summary())
+    news = news_corpus(cfg, (teacher_model, teacher_tokenizer), split)
     labeller_rule = labelling_rule(cfg)
     pseudo_inputs = pseudo_label_inputs(teacher_dir, news.corpus, labels, cfg.news.max_length,
                                         labeller_rule or precision)
@@ -333,6 +328,17 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
                                   stage1_inputs(cfg, pseudo_inputs), build)
     print(f"{'reusing' if reused else 'stored'} stage-1 student {folder / 'model'}")
     return folder
+
+
+def news_corpus(cfg: DictConfig, teacher: tuple, split):
+    """The news datamodule, set up with the teacher's tokenizer: the news plus the transfer
+    text (:func:`transfer_sentences`), without the split's val and test sentences."""
+    held_out = split.splits["val"] + split.splits["test"]
+    news = instantiate(cfg.news, tokenizer=teacher[1],
+                       extra_sentences=transfer_sentences(cfg, *teacher, held_out))
+    news.setup()
+    print(news.corpus.summary())
+    return news
 
 
 def label_news(cfg: DictConfig, teacher_dir: Path, split, news, teacher: tuple,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.artifacts import write_checkpoint_info
@@ -26,7 +25,7 @@ from fincompress.data.datamodule import data_settings, phrasebank_split
 from fincompress.files import atomic_folder, write_json
 from fincompress.models.sources import load_classifier, resolve_source
 from fincompress.scoring import COMPARISON_COLUMNS, caption, score, with_mib
-from fincompress.stages.distill import label_news, robustness, transfer_sentences
+from fincompress.stages.distill import label_news, news_corpus, robustness
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.store import ensure_stage, folder_fingerprint
 from fincompress.tables import markdown_table
@@ -61,11 +60,7 @@ def run_static(cfg: DictConfig) -> dict:
     teacher_dir = ensure_teacher(cfg)
     cfg.teacher_checkpoint = str(teacher_dir)
     teacher = load_classifier(str(teacher_dir), labels)
-    held_out = split.splits["val"] + split.splits["test"]
-    news = instantiate(cfg.news, tokenizer=teacher[1],
-                       extra_sentences=transfer_sentences(cfg, *teacher, held_out))
-    news.setup()
-    print(news.corpus.summary())
+    news = news_corpus(cfg, teacher, split)
     pseudo = label_news(cfg, teacher_dir, split, news, teacher, output_dir)
     vectors = static_vectors(cfg)
     student_dir = output_dir / "student"
