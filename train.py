@@ -6,14 +6,20 @@ composes them wherever it runs.
 
 from __future__ import annotations
 
+import datetime
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from fincompress.config_checks import check_config
+from fincompress.errors import InputError
+from fincompress.files import write_json
 from fincompress.stages.benchmark import run_benchmark
 from fincompress.stages.compress import run_compress
-from fincompress.stages.distill import StudentMismatchError, run_distill
+from fincompress.stages.distill import run_distill
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import run_ptq
@@ -27,19 +33,35 @@ TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
 
 @hydra.main(version_base="1.3", config_path="pkg://fincompress.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(TASKS)}")
     try:
+        if cfg.task not in TASKS:
+            raise InputError(f"task={cfg.task!r} is unknown; known: {', '.join(sorted(TASKS))}")
+        check_config(cfg)
         info = TASKS[cfg.task](cfg)
-    except StudentMismatchError as error:
+    except InputError as error:
+        mark_failed(cfg, error)
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(StudentMismatchError.exit_code)
+        sys.exit(getattr(error, "exit_code", 2))
+    except (Exception, KeyboardInterrupt) as error:
+        mark_failed(cfg, error)
+        raise
     finally:
         import wandb
 
         if wandb.run is not None:
             wandb.finish()  # one W&B run per job, also in multirun sweeps
     return info["metrics"].get("test/f1_macro")  # the value Hydra sweepers optimise
+
+
+def mark_failed(cfg: DictConfig, error: BaseException) -> None:
+    """``FAILED.json`` in the run folder: the run did not finish, and why (a complete run
+    folder has its ``results.json`` or model instead)."""
+    folder = Path(cfg.paths.run_dir)
+    if folder.is_dir():
+        write_json({"failed": True, "error": f"{type(error).__name__}: {error}",
+                    "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "traceback": traceback.format_exception(error)[-6:]},
+                   folder / "FAILED.json")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 Every answer is a dict that JSON serialises as is (the CLI and the HTTP service send them
 unchanged). Hostile input has a documented result, never an exception:
 - empty or whitespace-only text: ``label`` and ``probabilities`` are None, ``warning`` says why;
+- text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which JSON can carry
+  but no tokenizer takes): the same, with a ``warning`` naming the character and where it is;
 - text over ``max_length`` tokens (a 100,000-character text, say): the first ``max_length``
   tokens are scored and ``truncated`` is True (texts are first cut to ``max_length * 64``
   characters, so no text costs more than that to tokenize);
@@ -23,13 +25,10 @@ from pathlib import Path
 
 import torch
 
+from fincompress.errors import NotAModelError
 from fincompress.predict import load as load_predictor
 
 CHARS_PER_TOKEN_CAP = 64
-
-
-class NotAModelError(FileNotFoundError):
-    """The folder holds no model fincompress can open."""
 
 
 class Model:
@@ -47,8 +46,11 @@ class Model:
         self.folder = folder
         try:
             self.predictor = load_predictor(folder, precision=precision, threads=threads)
-        except FileNotFoundError as error:
-            raise NotAModelError(str(error)) from None
+        except NotAModelError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError) as error:  # what the engines raise
+            raise NotAModelError(f"{folder} cannot be opened: {type(error).__name__}: "
+                                 f"{error}") from None
         self.labels = self.predictor.labels
         self.engine = self.predictor.engine
         self.precision = self.predictor.inference_precision
@@ -70,7 +72,7 @@ class Model:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{index}] is {type(text).__name__}, not str")
-        answers = [_empty() if not text.strip() else None for text in texts]
+        answers = [_unscorable(text) for text in texts]
         scored = [i for i, answer in enumerate(answers) if answer is None]
         if not scored:
             return answers
@@ -100,9 +102,21 @@ class Model:
                      for text, whole in zip(texts, full)]
 
 
-def _empty() -> dict:
+def _unscorable(text: str) -> dict | None:
+    """The documented answer for a text no model can score (None: it can be scored)."""
+    if not text.strip():
+        return _no_prediction("empty text: no prediction")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return _no_prediction(f"not valid Unicode: a lone surrogate (U+{ord(text[error.start]):04X}) "
+                              f"at character {error.start}: no prediction")
+    return None
+
+
+def _no_prediction(warning: str) -> dict:
     return {"label": None, "probabilities": None, "tokens": 0, "truncated": False,
-            "warning": "empty text: no prediction"}
+            "warning": warning}
 
 
 def load(path: str | Path, threads: int | None = None, batch_size: int = 32,

@@ -23,38 +23,39 @@ import os
 import sys
 from pathlib import Path
 
+from fincompress.errors import InputError, read_utf8
 from fincompress.files import atomic_file, atomic_folder, folder_size_bytes
-
-
-class InputError(ValueError):
-    """Bad input the user can fix; printed as ``error: ...`` without a traceback."""
-
 
 # ---------------------------------------------------------------- reading and writing texts
 
 def read_texts(path: Path, column: str | None = None) -> list[str]:
     """Texts from a ``.txt`` (one per line), ``.csv`` (a column: ``--column``, else ``text``
     or ``sentence``, else the only one) or ``.jsonl`` file (a field, by the same rule)."""
+    from fincompress.data.news import csv_field_limit, parse_json_line
+
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".csv", ".jsonl"):
         raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .csv or .jsonl")
-    text = _decode(path)
+    text = read_utf8(path)
+    if not text.strip():
+        return []
     if suffix == ".txt":
         return [line.rstrip("\r") for line in text.split("\n")[:-1 if text.endswith("\n") else None]]
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        name = _column(path, column, reader.fieldnames or [])
-        return [row[name] or "" for row in reader]
+        try:
+            with csv_field_limit():
+                name = _column(path, column, reader.fieldnames or [])
+                return [row[name] or "" for row in reader]
+        except csv.Error as error:
+            raise InputError(f"{path} line {reader.line_num}: not CSV ({error})") from None
     texts = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path} line {number}: not JSON ({error.msg})") from None
+        record = parse_json_line(path, number, line)
         if not isinstance(record, dict):
             raise InputError(f"{path} line {number}: expected a JSON object, got "
                              f"{type(record).__name__}")
@@ -64,17 +65,6 @@ def read_texts(path: Path, column: str | None = None) -> list[str]:
                              "not a string")
         texts.append(record[name])
     return texts
-
-
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        raise InputError(f"{path} line {line}, byte {column}: not valid UTF-8 "
-                         f"(0x{data[error.start]:02x}); save the file as UTF-8") from None
 
 
 def _column(path: Path, column: str | None, names: list[str], line: int | None = None) -> str:
@@ -101,16 +91,46 @@ def write_answers(path: Path, texts: list[str], answers: list[dict], labels: lis
     with atomic_file(path, newline="") as out:
         if suffix == ".jsonl":
             for text, answer in zip(texts, answers):
-                out.write(json.dumps({"text": text, **answer}, ensure_ascii=False) + "\n")
+                out.write(json_line({"text": text, **answer}) + "\n")
         else:
             writer = csv.writer(out)
             writer.writerow(["text", "label", *[f"p_{label}" for label in labels], "tokens",
                              "truncated", "warning"])
             for text, answer in zip(texts, answers):
                 probabilities = answer["probabilities"] or {}
-                writer.writerow([text, answer["label"] or "",
+                writer.writerow([text.encode("utf-8", "backslashreplace").decode("utf-8"),
+                                 answer["label"] or "",
                                  *[_round(probabilities.get(label)) for label in labels],
                                  answer["tokens"], answer["truncated"], answer.get("warning", "")])
+
+
+def json_line(record: dict) -> str:
+    """One JSON line, UTF-8 as written; a text that is not valid Unicode (a lone surrogate)
+    is written with ``\\u`` escapes, so that the line reads back to the same string."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)
+    return line
+
+
+def check_output_file(output: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse, before any work, an output that would lose data or cannot be written: the input
+    file itself, an existing file (unless ``overwrite``: it is then replaced whole, only once
+    the new content is complete), a folder, a missing folder, an unknown format."""
+    if output.is_dir():
+        raise InputError(f"--output {output} is a folder; give a file name")
+    if output.suffix.lower() not in (".csv", ".jsonl"):
+        raise InputError(f"{output}: unknown output format {output.suffix!r}; use .csv or .jsonl")
+    if source is not None and source.exists() and output.exists() and output.samefile(source):
+        raise InputError(f"--output {output} is the input file; give another name (the input "
+                         "keeps its data)")
+    if output.exists() and not overwrite:
+        raise InputError(f"--output {output} exists; give a new name, or --overwrite to replace "
+                         "it (replaced only once every answer is written)")
+    if not output.parent.is_dir():
+        raise InputError(f"--output {output}: the folder {output.parent} does not exist")
 
 
 def _round(value):
@@ -128,13 +148,15 @@ def predict(args) -> None:
         raise InputError("give texts to predict, or --input FILE (with --output FILE), not both")
     if args.input and not args.output:
         raise InputError("--input needs --output FILE (.csv or .jsonl)")
-    if args.output and Path(args.output).suffix.lower() not in (".csv", ".jsonl"):
-        raise InputError(f"{args.output}: unknown output format; use .csv or .jsonl")
+    if args.output:
+        check_output_file(Path(args.output), args.overwrite, Path(args.input))
     texts = read_texts(Path(args.input), args.column) if args.input else args.texts
+    if not texts:
+        raise InputError(f"{args.input}: no texts in the file")
     model = fincompress.load(args.model, threads=args.threads, batch_size=args.batch_size)
     if not args.input:
         for text, answer in zip(texts, model.predict(texts)):
-            print(json.dumps({"text": text[:200], **answer}, ensure_ascii=False))
+            print(json_line({"text": text[:200], **answer}))
         return
     answers = []
     chunk = 8 * model.batch_size  # each chunk is length-sorted into batches
@@ -292,7 +314,8 @@ def serve(args) -> None:
 
     app = create_app(args.model, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                      max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
-                     threads=args.threads)
+                     threads=args.threads, max_queue=args.max_queue,
+                     read_timeout_s=args.read_timeout_s, api_key=args.api_key)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 
@@ -305,6 +328,23 @@ def demo(args) -> None:
 
 # ---------------------------------------------------------------- argument parsing
 
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return number
+
+
+def port(value: str) -> int:
+    number = positive_int(value)
+    if number > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1 to 65535)")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(prog="fincompress", description=__doc__.splitlines()[0])
     commands = main.add_subparsers(dest="command", required=True)
@@ -315,8 +355,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help=".txt (a text per line), .csv or .jsonl")
     p.add_argument("--column", help="the CSV column or JSONL field (default: text or sentence)")
     p.add_argument("--output", help=".csv or .jsonl")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--threads", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.set_defaults(run=predict)
 
     p = commands.add_parser("export", help="an OpenVINO or ONNX artifact, fp32 or INT8")
@@ -326,7 +367,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", help="texts to calibrate OpenVINO INT8 (.txt/.csv/.jsonl); "
                    "default: the PhraseBank training split")
     p.add_argument("--column", help="the calibration file's column or field")
-    p.add_argument("--calibration-size", type=int, default=300)
+    p.add_argument("--calibration-size", type=positive_int, default=300)
     p.add_argument("--output", required=True, help="a new folder")
     p.set_defaults(run=export)
 
@@ -337,8 +378,8 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="the CPU benchmark on the given models")
     p.add_argument("models", nargs="+", help="the first is the reference")
     p.add_argument("--output", default="outputs/bench")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--latency-sentences", type=positive_int, default=200)
     p.add_argument("--published", action="store_true",
                    help="also time the published architectures (ALBERT-base, FinBERT)")
     p.set_defaults(run=bench)
@@ -346,14 +387,20 @@ def parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="the HTTP service (POST /predict, GET /health, /docs)")
     p.add_argument("model")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=16,
+    p.add_argument("--port", type=port, default=8000)
+    p.add_argument("--max-batch", type=positive_int, default=16,
                    help="texts per model call (16 and 5 ms: best measured by scripts/load_test.py)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more requests")
-    p.add_argument("--max-texts", type=int, default=256, help="texts per request")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--max-texts", type=positive_int, default=256, help="texts per request")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1_000_000)
+    p.add_argument("--max-queue", type=positive_int, default=4096,
+                   help="texts waiting for the model before requests get 503 and Retry-After")
+    p.add_argument("--read-timeout-s", type=float, default=30.0,
+                   help="a request body that takes longer to arrive gets 408")
+    p.add_argument("--api-key", help="require this key on every route but /health (default: "
+                   "the FINCOMPRESS_API_KEY environment variable; none: open)")
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(run=serve)
 
@@ -362,7 +409,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True)
     p.add_argument("--benchmark", help="a benchmark run folder (benchmark.md, pareto.png)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=port, default=7860)
     p.set_defaults(run=demo)
     return main
 
@@ -370,11 +417,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from fincompress.api import NotAModelError
-
     try:
         args.run(args)
-    except (InputError, NotAModelError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

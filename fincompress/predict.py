@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fincompress.data.batching import pad_collate
+from fincompress.errors import NotAModelError
 from fincompress.hardware import autocast_dtype, native_bf16
 
 
@@ -249,7 +250,8 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
     folder; ``threads`` (OpenVINO, ONNX Runtime) defaults to PyTorch's thread count."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder {folder} does not exist")
+        raise NotAModelError(f"model folder {folder} does not exist")
+    check_model_files(folder)
     labels = labels or recorded_labels(folder)
     if (folder / "head.safetensors").is_file():
         return StaticPredictor(folder, labels)
@@ -259,9 +261,30 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
         return ONNXRuntimePredictor(folder, labels, threads)
     if (folder / "config.json").is_file():
         return TorchPredictor(folder, labels, precision)
-    raise FileNotFoundError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
-                            "model.onnx (ONNX), head.safetensors (a model2vec classifier) or "
-                            "config.json (a Hugging Face folder)")
+    raise NotAModelError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
+                         "model.onnx (ONNX), head.safetensors (a model2vec classifier) or "
+                         "config.json (a Hugging Face folder)")
+
+
+def check_model_files(folder: Path) -> None:
+    """Fail early, naming the file, on a damaged model folder: a JSON file that is not JSON, or
+    a safetensors file cut short or not safetensors (its header checked against its size;
+    cheap, nothing is loaded)."""
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise NotAModelError(f"{path}: not valid JSON ({error}); the model folder is "
+                                 "damaged: copy or export it again") from None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as error:  # safetensors' own error type is not importable by name
+            raise NotAModelError(f"{path}: not a complete safetensors file ({error}); the model "
+                                 "folder is damaged: copy or export it again") from None
 
 
 def recorded_labels(folder: Path) -> list[str]:
@@ -273,4 +296,4 @@ def recorded_labels(folder: Path) -> list[str]:
                 return list(data["labels"])
             if name == "config.json" and data.get("id2label"):
                 return [data["id2label"][str(i)] for i in range(len(data["id2label"]))]
-    raise FileNotFoundError(f"{folder} records no labels (checkpoint_info.json or config.json)")
+    raise NotAModelError(f"{folder} records no labels (checkpoint_info.json or config.json)")

@@ -8,16 +8,30 @@
 Concurrent requests are batched: the first waiting request opens a batch, which takes the
 requests that arrive within ``max_wait_ms`` until it holds ``max_batch`` texts, and runs as one
 ``predict`` call (one model call at a time; the engine uses every thread it was given).
-``scripts/load_test.py`` measured the defaults. Limits, with the status they answer:
-413 for a body over ``max_body_bytes`` or more than ``max_texts`` texts; 400 for a body that is
-not UTF-8 JSON; 422 for JSON that is not a non-empty list of strings (naming the bad item).
-Empty texts and over-long texts get the documented answers of the Python API, not errors.
+``scripts/load_test.py`` measured the defaults. One request's texts never fail another's: if
+a model call fails, each request in it is run again alone, and only the one whose texts fail
+hears of it. Limits, with the status they answer:
+
+- 413 for a body over ``max_body_bytes`` (checked as it streams in) or more than ``max_texts``
+  texts; 408 for a body that takes over ``read_timeout_s`` to arrive (a slow client);
+- 400 for a body that is not UTF-8 JSON, is nested too deeply, or holds a number too long to
+  read; 422 for JSON that is not a non-empty list of strings (naming the bad item);
+- 503 with ``Retry-After`` when ``max_queue`` texts already wait for the model (the queue is
+  bounded, so a burst cannot grow memory without limit);
+- 401 without the API key, where one is set (``api_key``, or ``FINCOMPRESS_API_KEY``): sent as
+  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; ``/health`` stays open.
+
+Empty texts, texts that are not valid Unicode (lone surrogates) and over-long texts get the
+documented answers of the Python API, not errors. The service binds to 127.0.0.1 unless told
+otherwise (``fincompress serve --host``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -25,6 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 import fincompress
+from fincompress.errors import InputError
 
 REQUEST_SCHEMA = {
     "required": True,
@@ -40,26 +55,40 @@ REQUEST_SCHEMA = {
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 class Batcher:
-    """Gathers concurrent requests' texts into model calls of up to ``max_batch`` texts."""
+    """Gathers concurrent requests' texts into model calls of up to ``max_batch`` texts; at
+    most ``max_queue`` texts wait (more is a 503)."""
 
-    def __init__(self, model, max_batch: int, max_wait_ms: float):
+    def __init__(self, model, max_batch: int, max_wait_ms: float, max_queue: int):
         self.model = model
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.waiting_texts = 0
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1)  # one model call at a time
         self.calls = 0
+        self.rejected = 0
 
     async def predict(self, texts: list[str]) -> list[dict]:
+        if self.waiting_texts + len(texts) > self.max_queue:
+            self.rejected += 1
+            raise RequestError(503, f"{self.waiting_texts} texts already wait for the model (the "
+                               f"limit is {self.max_queue}); retry in a second",
+                               {"Retry-After": "1"})
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, future))
-        return await future
+        self.waiting_texts += len(texts)
+        try:
+            await self.queue.put((texts, future))
+            return await future
+        finally:
+            self.waiting_texts -= len(texts)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -77,10 +106,8 @@ class Batcher:
             texts = [text for request, _ in waiting for text in request]
             try:
                 answers = await loop.run_in_executor(self.executor, self.model.predict, texts)
-            except Exception as error:  # every waiting request hears of it; the loop goes on
-                for _, future in waiting:
-                    if not future.done():
-                        future.set_exception(error)
+            except Exception:  # one request's texts must not fail the others: each alone
+                await self.run_alone(waiting)
                 continue
             self.calls += 1
             start = 0
@@ -88,6 +115,20 @@ class Batcher:
                 if not future.done():  # a client that went away has a cancelled future
                     future.set_result(answers[start:start + len(request)])
                 start += len(request)
+
+    async def run_alone(self, waiting: list) -> None:
+        loop = asyncio.get_running_loop()
+        for request, future in waiting:
+            try:
+                answers = await loop.run_in_executor(self.executor, self.model.predict, request)
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(RequestError(
+                        422, f"the model cannot take these texts: {type(error).__name__}: {error}"))
+                continue
+            self.calls += 1
+            if not future.done():
+                future.set_result(answers)
 
 
 def parse_texts(body: bytes, max_texts: int) -> list[str]:
@@ -97,6 +138,10 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
         raise RequestError(400, f"the body is not valid UTF-8 (byte {error.start})") from None
     except json.JSONDecodeError as error:
         raise RequestError(400, f"the body is not JSON: {error.msg} at character {error.pos}") from None
+    except RecursionError:
+        raise RequestError(400, "the body is JSON nested too deeply to read") from None
+    except ValueError as error:  # an integer of thousands of digits
+        raise RequestError(400, f"the body cannot be read: {error}") from None
     if isinstance(data, dict):
         if "texts" not in data:
             raise RequestError(422, "expected a JSON list of texts, or an object with 'texts'")
@@ -114,12 +159,22 @@ def parse_texts(body: bytes, max_texts: int) -> list[str]:
 
 
 def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_texts: int = 256,
-               max_body_bytes: int = 1_000_000, threads: int | None = None) -> FastAPI:
-    if max_batch < 1 or max_wait_ms < 0 or max_texts < 1 or max_body_bytes < 1:
-        raise ValueError(f"max_batch ({max_batch}), max_texts ({max_texts}) and max_body_bytes "
-                         f"({max_body_bytes}) must be positive, max_wait_ms ({max_wait_ms}) >= 0")
+               max_body_bytes: int = 1_000_000, threads: int | None = None,
+               max_queue: int = 4096, read_timeout_s: float = 30.0,
+               api_key: str | None = None) -> FastAPI:
+    settings = {"max_batch": max_batch, "max_texts": max_texts, "max_body_bytes": max_body_bytes,
+                "max_queue": max_queue}
+    for name, value in settings.items():
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if max_wait_ms < 0 or read_timeout_s <= 0:
+        raise InputError(f"max_wait_ms must be >= 0 and read_timeout_s > 0, got {max_wait_ms} "
+                         f"and {read_timeout_s}")
+    if max_queue < max_texts:
+        raise InputError(f"max_queue ({max_queue}) must hold one request of max_texts ({max_texts})")
+    api_key = api_key or os.environ.get("FINCOMPRESS_API_KEY") or None
     model = fincompress.load(model_path, threads=threads)
-    batcher = Batcher(model, max_batch, max_wait_ms)
+    batcher = Batcher(model, max_batch, max_wait_ms, max_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -133,32 +188,54 @@ def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_te
                               f"{model.folder} ({model.engine}, {model.precision}).")
     app.state.batcher = batcher
 
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            given = request.headers.get("x-api-key") or \
+                request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not secrets.compare_digest(given.encode(), api_key.encode()):
+                return _error(401, "this service needs its API key: send 'Authorization: Bearer "
+                                   "KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
     @app.post("/predict", openapi_extra={"requestBody": REQUEST_SCHEMA})
     async def predict(request: Request):
         """One answer per text: label, probabilities, tokens scored, truncated, warning."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            return _error(413, f"the body is {declared} bytes; the limit is {max_body_bytes}")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                return _error(413, f"the body is over the limit of {max_body_bytes} bytes")
         try:
+            body = await read_body(request, max_body_bytes, read_timeout_s)
             texts = parse_texts(body, max_texts)
+            return {"predictions": await batcher.predict(texts)}
         except RequestError as error:
-            return _error(error.status, str(error))
-        return {"predictions": await batcher.predict(texts)}
+            return _error(error.status, str(error), error.headers)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": str(model.folder), "engine": model.engine,
                 "precision": model.precision, "labels": model.labels, "max_batch": max_batch,
                 "max_wait_ms": max_wait_ms, "max_texts": max_texts,
-                "max_body_bytes": max_body_bytes, "model_calls": batcher.calls}
+                "max_body_bytes": max_body_bytes, "max_queue": max_queue,
+                "queued_texts": batcher.waiting_texts, "model_calls": batcher.calls,
+                "rejected_busy": batcher.rejected, "api_key_required": bool(api_key)}
 
     return app
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status)
+async def read_body(request: Request, max_body_bytes: int, timeout_s: float) -> bytes:
+    """The body, streamed in under ``max_body_bytes`` and within ``timeout_s`` seconds."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body_bytes:
+        raise RequestError(413, f"the body is {declared} bytes; the limit is {max_body_bytes}")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_body_bytes:
+                    raise RequestError(413, f"the body is over the limit of {max_body_bytes} bytes")
+    except TimeoutError:
+        raise RequestError(408, f"the body took over {timeout_s} s to arrive") from None
+    return bytes(body)
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)

@@ -45,13 +45,22 @@ def stage_key(inputs: dict) -> str:
 
 
 def folder_fingerprint(folder: str | Path) -> str:
-    """A hash of every file of a model folder (weights in any format, config, tokenizer), except
-    its run records: a retrained model gets a new key downstream."""
+    """A hash of what decides a model folder's outputs: every file (weights in any format,
+    config, tokenizer) except its run records, and of ``tokenizer.json`` only what it does to
+    text. The padding and truncation state a tokenizer call leaves in the file are left out:
+    the bundled MiniLM saves ``padding: Fixed 128``, the same tokenizer saved after a call
+    ``null``, and downstream keys must not depend on which happened first."""
     digest = hashlib.sha256()
     for path in sorted(Path(folder).rglob("*")):
         if not path.is_file() or path.name in UNHASHED_FILES:
             continue
         digest.update(f"{path.relative_to(folder)}\n".encode())
+        if path.name == "tokenizer.json":
+            state = json.loads(path.read_bytes())
+            state.pop("padding", None)
+            state.pop("truncation", None)
+            digest.update(json.dumps(state, sort_keys=True).encode())
+            continue
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)

@@ -8,8 +8,15 @@ concurrent clients and measures throughput and latency. The setting with the mos
 second among those whose p95 latency is within 1.5x of the lowest p95 is chosen; with it, the
 full test sends ``--requests`` requests. Each request is one test-split sentence (cycled). Every
 answer is checked against offline ``fincompress.load(MODEL).predict`` of the same sentence:
-the same label, probabilities within ``--tolerance``. Writes ``load_test.json`` and prints a
-table; exits 1 on any error or mismatch.
+the same label, probabilities within ``--tolerance``.
+
+``--hostile N`` mixes N hostile requests into the full test (a lone surrogate, JSON nested
+100,000 deep, a 5,000-digit number, non-string items, an empty list, bytes that are not UTF-8,
+an oversized body, huge and empty texts, in turn): each must get a 4xx or a documented 200
+answer, never a 5xx, and must not change any good request's answer. ``--soak-s S`` then keeps
+the same mix going for S seconds and reports the server's memory (resident set) before and
+after, and the errors. Writes ``load_test.json`` and prints a table; exits 1 on any error,
+5xx or mismatch.
 """
 
 from __future__ import annotations
@@ -57,25 +64,73 @@ def start_server(model: str, max_batch: int, max_wait_ms: float, threads: int | 
     raise RuntimeError("the service did not answer /health within 180 s")
 
 
-def load(url: str, texts: list[str], requests: int, clients: int) -> dict:
-    """``requests`` single-text requests from ``clients`` threads; latencies and answers."""
-    latencies = [0.0] * requests
-    answers: list = [None] * requests
+HOSTILE = [
+    ("lone surrogate", b'["\\ud800 Sales rose ."]', {200}),
+    ("JSON nested 100,000 deep", b"[" * 100_000, {400}),
+    ("5,000-digit number", b"[" + b"9" * 5000 + b"]", {400}),
+    ("non-string item", b'["fine", 3]', {422}),
+    ("empty list", b"[]", {422}),
+    ("not UTF-8", b'["caf\xe9"]', {400}),
+    ("oversized body", b'["' + b"a" * 1_100_000 + b'"]', {413}),
+    ("100,000-character text", b'["' + b"Profit rose . " * 7000 + b'"]', {200}),
+    ("empty text", b'["   "]', {200}),
+    ("object without texts", b'{"text": "x"}', {422}),
+]
+
+
+def memory_mib(pid: int) -> float:
+    """The resident set of a process (Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def load(url: str, texts: list[str], requests: int, clients: int, hostile: int = 0,
+         seconds: float | None = None) -> dict:
+    """``requests`` single-text requests from ``clients`` threads (or as many as fit in
+    ``seconds``), with ``hostile`` hostile requests spread among them; latencies, answers, and
+    each hostile request's status."""
+    if seconds is not None:
+        requests = 10**9
+    every = requests // hostile if hostile else 0
+    latencies: list = [] if seconds is not None else [0.0] * requests
+    answers: dict = {}
     errors: list[str] = []
+    hostile_statuses: dict[str, dict[int, int]] = {}
     counter = iter(range(requests))
     lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds if seconds is not None else None
 
     def client() -> None:
         with httpx.Client(base_url=url, timeout=60) as session:
             while True:
                 with lock:
                     i = next(counter, None)
-                if i is None:
+                if i is None or (stop_at is not None and time.perf_counter() > stop_at):
                     return
+                if every and i % every == every - 1:
+                    name, body, expected = HOSTILE[(i // every) % len(HOSTILE)]
+                    try:
+                        status = session.post("/predict", content=body, headers={
+                            "content-type": "application/json"}).status_code
+                    except httpx.HTTPError as error:
+                        status = type(error).__name__
+                    with lock:
+                        counts = hostile_statuses.setdefault(name, {})
+                        counts[status] = counts.get(status, 0) + 1
+                    if status not in expected:
+                        errors.append(f"hostile request {i} ({name}): HTTP {status}, expected "
+                                      f"{sorted(expected)}")
+                    continue
                 clock = time.perf_counter()
                 try:
                     response = session.post("/predict", json=[texts[i % len(texts)]])
-                    latencies[i] = time.perf_counter() - clock
+                    elapsed = time.perf_counter() - clock
+                    if seconds is None:
+                        latencies[i] = elapsed
+                    else:
+                        latencies.append(elapsed)
                     if response.status_code != 200:
                         errors.append(f"request {i}: HTTP {response.status_code} {response.text[:200]}")
                     else:
@@ -90,20 +145,19 @@ def load(url: str, texts: list[str], requests: int, clients: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    ms = sorted(1000 * v for v in latencies)
-    return {"requests": requests, "clients": clients, "wall_s": round(wall, 2),
-            "requests_per_s": round(requests / wall, 1),
+    sent = len(answers) + sum(sum(c.values()) for c in hostile_statuses.values()) + len(errors)
+    ms = sorted(1000 * v for v in latencies if v)
+    return {"requests": requests if seconds is None else sent, "clients": clients,
+            "wall_s": round(wall, 2), "requests_per_s": round(len(ms) / wall, 1),
             "latency_ms_p50": round(statistics.median(ms), 2),
             "latency_ms_p95": round(ms[min(len(ms) - 1, int(0.95 * len(ms)))], 2),
-            "errors": errors, "answers": answers}
+            "hostile": hostile_statuses, "errors": errors, "answers": answers}
 
 
 def check(answers: list, texts: list[str], offline: list[dict], tolerance: float) -> dict:
     mismatches, worst = [], 0.0
-    for i, answer in enumerate(answers):
+    for i, answer in sorted(answers.items()):
         expected = offline[i % len(texts)]
-        if answer is None:
-            continue
         if answer["label"] != expected["label"]:
             mismatches.append(f"request {i}: {answer['label']} != offline {expected['label']}")
             continue
@@ -127,6 +181,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--tolerance", type=float, default=1e-2,
                         help="largest probability gap to offline predict (bf16 batches differ ~1e-3)")
+    parser.add_argument("--hostile", type=int, default=0,
+                        help="hostile requests mixed into the full test")
+    parser.add_argument("--soak-s", type=float, default=0,
+                        help="then this many seconds of the same mix; memory before and after")
     parser.add_argument("--output", default="outputs/load_test")
     args = parser.parse_args()
 
@@ -157,8 +215,20 @@ def main() -> None:
     chosen = max((m for m in measured if m["latency_ms_p95"] <= 1.5 * best_p95),
                  key=lambda m: m["requests_per_s"])
     server, url = start_server(args.model, chosen["max_batch"], chosen["max_wait_ms"], args.threads)
+    soak = None
     try:
-        final = load(url, texts, args.requests, args.clients)
+        memory_before = memory_mib(server.pid)
+        final = load(url, texts, args.requests, args.clients, args.hostile)
+        final["memory_mib"] = [memory_before, memory_mib(server.pid)]
+        if args.soak_s:
+            start = memory_mib(server.pid)
+            soak = load(url, texts, 0, args.clients, max(1, args.hostile), seconds=args.soak_s)
+            soak_verdict = check(soak.pop("answers"), texts, offline, args.tolerance)
+            soak.update(memory_mib_start=start, memory_mib_end=memory_mib(server.pid),
+                        **soak_verdict)
+            print(f"soak {args.soak_s:.0f} s: {soak['requests']} requests, memory {start} -> "
+                  f"{soak['memory_mib_end']} MiB, {len(soak['errors'])} errors, "
+                  f"{len(soak['mismatches'])} answers unlike offline predict", flush=True)
         health = httpx.get(f"{url}/health").json()
     finally:
         server.terminate()
@@ -169,7 +239,8 @@ def main() -> None:
     report = {"model": str(model.folder), "engine": model.engine, "precision": model.precision,
               "machine": cpu_info(), "grid": measured,
               "chosen": {"max_batch": chosen["max_batch"], "max_wait_ms": chosen["max_wait_ms"]},
-              "final": {**final, "model_calls": health["model_calls"], **verdict}}
+              "final": {**final, "model_calls": health["model_calls"], **verdict},
+              "soak": soak}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "load_test.json").write_text(json.dumps(report, indent=2))
@@ -178,9 +249,15 @@ def main() -> None:
           f"p50 {final['latency_ms_p50']} ms, p95 {final['latency_ms_p95']} ms, "
           f"{health['model_calls']} model calls, {len(final['errors'])} errors, "
           f"{len(verdict['mismatches'])} answers unlike offline predict (largest probability gap "
-          f"{verdict['max_probability_gap']:.1e}); written {output / 'load_test.json'}")
-    if final["errors"] or verdict["mismatches"]:
-        print("\n".join((final["errors"] + verdict["mismatches"])[:20]))
+          f"{verdict['max_probability_gap']:.1e}); server memory {final['memory_mib'][0]} -> "
+          f"{final['memory_mib'][1]} MiB; written {output / 'load_test.json'}")
+    if final["hostile"]:
+        print("hostile requests (status: count): " + "; ".join(
+            f"{name} {counts}" for name, counts in final["hostile"].items()))
+    problems = final["errors"] + verdict["mismatches"] + \
+        (soak["errors"] + soak["mismatches"] if soak else [])
+    if problems:
+        print("\n".join(problems[:20]))
         sys.exit(1)
 
 

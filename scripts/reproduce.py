@@ -23,7 +23,9 @@ rerun after a crash resumes where it stopped (``--redo STAGE`` runs a finished s
 
 ``stages.json`` records each stage's command, status and wall time, and their sum (a resumed run
 counts the stages that ran earlier at their recorded times). The overrides after ``--``
-go to every stage; ``--stage-overrides STAGE=OVERRIDE`` adds one to one stage only.
+go to every stage; ``--stage-overrides STAGE=OVERRIDE`` adds one to one stage only (for
+``frontier``, one that starts with ``--`` is a flag of ``scripts/frontier.py``, such as
+``frontier=--no-static``).
 """
 
 from __future__ import annotations
@@ -165,9 +167,11 @@ def main() -> None:
     step("benchmark", train(root / "benchmark", "+experiment=benchmark",
                             artifacts_override(artifacts), *common, *pin,
                             *extra.get("benchmark", [])))
+    frontier_flags = [item for item in extra.get("frontier", []) if item.startswith("--")]
     step("frontier", [sys.executable, "scripts/frontier.py", "--name", args.name,
-                      "--seeds", str(args.seeds), "--output-root", output_root, "--", *common, *pin,
-                      *extra.get("frontier", [])])
+                      "--seeds", str(args.seeds), "--output-root", output_root, *frontier_flags,
+                      "--", *common, *pin,
+                      *[item for item in extra.get("frontier", []) if item not in frontier_flags]])
     record["total_wall_time_s"] = round(sum(record[s]["wall_time_s"] for s in STAGES if s in record), 1)
     record["this_invocation_s"] = round(time.perf_counter() - started, 1)
     state_file.write_text(json.dumps(record, indent=2))

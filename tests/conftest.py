@@ -27,6 +27,18 @@ TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1",
         "distill.fresh.max_epochs=2", "distill.pseudo_label.add_phrasebank=null"]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """``fincompress.load(threads=N)`` sets PyTorch's process-wide thread count: no test may
+    leave it changed for the tests after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (PHRASEBANK_DIR / "FinancialPhraseBank-v1.0").is_dir():
@@ -111,3 +123,19 @@ def pytest_collection_finish(session):
         from fincompress.compress.qat import build_extension
 
         build_extension()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Under CI, the slow run's outcome in one line (``FINCOMPRESS_SLOW_REPORT``, a file that
+    ``.ci/run`` prints last): how many slow tests ran, and how many the deadline skipped."""
+    report = os.environ.get("FINCOMPRESS_SLOW_REPORT")
+    if not report or "slow" not in (config.getoption("markexpr") or ""):
+        return
+    stats = terminalreporter.stats
+    ran = sum(len(stats.get(key, [])) for key in ("passed", "failed", "error"))
+    skipped = [r for r in stats.get("skipped", []) if "CI deadline" in str(r.longrepr)]
+    line = f"slow tests: {ran} ran, {len(skipped)} skipped by the CI deadline"
+    if not ran:
+        line = f"NO slow test ran ({len(skipped)} skipped by the CI deadline): this CI run " \
+               "checked the default suite only"
+    Path(report).write_text(line + "\n")

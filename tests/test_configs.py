@@ -7,6 +7,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fincompress.config_checks import check_config
 from fincompress.distill.loss import DistillationLoss, build_loss
 from fincompress.models.sources import load_classifier, resolve_source
 from fincompress.training import build_trainer
@@ -56,6 +57,7 @@ def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_token
                          tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert "experiment" not in OmegaConf.to_container(cfg)  # kept out of the defaults list
+    check_config(cfg)  # every shipped value is in its range
 
     datamodule = instantiate(cfg.data, tokenizer=minilm_tokenizer)
     assert datamodule.tokenizer is minilm_tokenizer

@@ -54,7 +54,7 @@ def test_csv_column_and_missing_column(tmp_path):
 def test_jsonl_reader_names_bad_line(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"text": "Profit rose."}) + "\n{broken\n")
-    with pytest.raises(NewsFormatError, match=r"a\.jsonl:2: not JSON"):
+    with pytest.raises(NewsFormatError, match=r"a\.jsonl line 2: not JSON"):
         read_news_file(path, "text")
     path.write_text(json.dumps({"text": "Profit rose."}) + "\n")
     assert read_news_file(path, "text") == ["Profit rose."]

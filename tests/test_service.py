@@ -75,3 +75,61 @@ def test_load_test_script_batches_with_no_errors_and_offline_answers(tiny_classi
     assert 0 < final["latency_ms_p50"] <= final["latency_ms_p95"]
     if report["chosen"]["max_batch"] == 16:  # requests were batched: fewer model calls
         assert final["model_calls"] < 200
+
+
+def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
+        tiny_classifier, data_dir):
+    """A lone surrogate sent among 20 concurrent requests made 15 of them fail with 500: the
+    batcher handed one text's exception to every request of that model call. Here each good
+    request carries its own PhraseBank test sentence and must get offline predict's answer."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from fincompress.data.phrasebank import read_phrasebank
+
+    texts = [row.text for row in read_phrasebank(data_dir / "financial_phrasebank", "all")[:20]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "fincompress.cli", "serve", str(tiny_classifier),
+                               "--port", str(port), "--max-batch", "32", "--max-wait-ms", "50"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        results: dict = {}
+        start = threading.Barrier(21)
+
+        def send(key, body: bytes):
+            start.wait()
+            results[key] = httpx.post(f"{url}/predict", content=body, timeout=60,
+                                      headers={"content-type": "application/json"})
+
+        threads = [threading.Thread(target=send, args=(i, json.dumps([t]).encode()))
+                   for i, t in enumerate(texts)]
+        threads.append(threading.Thread(target=send, args=("bad", b'["\\ud800"]')))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        calls = httpx.get(f"{url}/health").json()["model_calls"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    offline = fincompress.load(tiny_classifier).predict(texts)
+    assert [results[i].status_code for i in range(20)] == [200] * 20
+    for i, expected in enumerate(offline):
+        answer = results[i].json()["predictions"][0]
+        assert answer["label"] == expected["label"]
+        assert answer["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+    bad = results["bad"]
+    assert bad.status_code == 200 and "lone surrogate" in bad.json()["predictions"][0]["warning"]
+    assert calls < 21  # the requests were batched together, so isolation was put to the test

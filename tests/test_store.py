@@ -39,6 +39,28 @@ def test_a_folder_fingerprint_follows_the_model_files_not_the_run_records(tmp_pa
     assert folder_fingerprint(tmp_path) != first
 
 
+def test_a_tokenizer_saved_before_or_after_a_call_gives_one_fingerprint(tmp_path, minilm_tokenizer):
+    """The bundled MiniLM's tokenizer.json says ``padding: Fixed 128``; saved after a call it says
+    ``null``. Stage keys downstream must not depend on which happened first."""
+    import copy
+
+    fresh, called = tmp_path / "fresh", tmp_path / "called"
+    copy.deepcopy(minilm_tokenizer).save_pretrained(fresh)
+    tokenizer = copy.deepcopy(minilm_tokenizer)
+    tokenizer(["Sales rose."], padding=True, truncation=True, max_length=16)
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.save_pretrained(called)
+    padding = [json.loads((folder / "tokenizer.json").read_text())["padding"]
+               for folder in (fresh, called)]
+    assert padding[0] != padding[1]  # the files differ where the call left its state
+    assert folder_fingerprint(fresh) == folder_fingerprint(called)
+    vocab = json.loads((called / "tokenizer.json").read_text())
+    vocab["model"]["vocab"]["[unused0]"] = 99999  # what the tokenizer does to text changed
+    (called / "tokenizer.json").write_text(json.dumps(vocab))
+    assert folder_fingerprint(fresh) != folder_fingerprint(called)
+
+
 def test_every_input_changes_the_key():
     base = {"teacher": {"lr": 5e-5, "epochs": 4}, "data": {"batch_size": 16}, "seed": 42}
     keys = {stage_key(base), stage_key({**base, "seed": 7}),

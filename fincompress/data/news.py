@@ -10,10 +10,12 @@ into training), holds out a seeded share of chosen files for robustness scoring
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import hashlib
 import html
+import io
 import json
 import random
 import re
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fincompress.data.phrasebank import comparable
+from fincompress.errors import InputError, read_utf8
 
 _REUTERS_STORY = re.compile(r"<REUTERS\b[^>]*>(.*?)</REUTERS>", re.S)
 _TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.S)
@@ -37,7 +40,7 @@ _ABBREVIATION = re.compile(
 )
 
 
-class NewsFormatError(ValueError):
+class NewsFormatError(InputError):
     """A news file that cannot be read as the format it was given as."""
 
 
@@ -77,36 +80,56 @@ def _decode(sgml_text: str) -> str:
 
 
 def read_csv_column(path: str | Path, text_column: str) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if text_column not in (reader.fieldnames or []):
-            raise NewsFormatError(
-                f"{path}: no column {text_column!r}; columns are {reader.fieldnames}"
-            )
-        return [row[text_column] or "" for row in reader]
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    if text_column not in (reader.fieldnames or []):
+        raise NewsFormatError(
+            f"{path}: no column {text_column!r}; columns are {reader.fieldnames}"
+        )
+    try:
+        with csv_field_limit():
+            return [row[text_column] or "" for row in reader]
+    except csv.Error as error:
+        raise NewsFormatError(f"{path} line {reader.line_num}: not CSV ({error})") from None
 
 
 def read_lines(path: str | Path) -> list[str]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read().splitlines()
+    return read_utf8(path).splitlines()
 
 
 def read_jsonl(path: str | Path, text_field: str) -> list[str]:
     texts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise NewsFormatError(
-                    f"{path}:{number}: not JSON ({error}): {line[:200]!r}"
-                ) from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise NewsFormatError(f"{path}:{number}: no field {text_field!r}: {line[:200]!r}")
-            texts.append(str(record[text_field]))
+    for number, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        record = parse_json_line(path, number, line)
+        if not isinstance(record, dict) or text_field not in record:
+            raise NewsFormatError(f"{path} line {number}: no field {text_field!r}: {line[:200]!r}")
+        texts.append(str(record[text_field]))
     return texts
+
+
+def parse_json_line(path: str | Path, number: int, line: str):
+    """One JSONL line; not JSON, nested too deeply, or a number too long to read is a
+    :class:`NewsFormatError` naming the file and line."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise NewsFormatError(f"{path} line {number}: not JSON ({error.msg}): "
+                              f"{line[:200]!r}") from None
+    except RecursionError:
+        raise NewsFormatError(f"{path} line {number}: JSON nested too deeply to read") from None
+    except ValueError as error:  # an integer of thousands of digits
+        raise NewsFormatError(f"{path} line {number}: {error}") from None
+
+
+@contextlib.contextmanager
+def csv_field_limit(limit: int = 2**26):
+    """Cells up to ``limit`` characters (the csv module stops at 131,072), restored after."""
+    previous = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def read_news_file(path: str | Path, text_column: str = "text") -> list[str]:

@@ -17,6 +17,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from fincompress.errors import InputError
+
 LABELS = ("negative", "neutral", "positive")
 AGREEMENT_FILES = {"50": "50Agree", "66": "66Agree", "75": "75Agree", "all": "AllAgree"}
 HUB_DATASET = "takala/financial_phrasebank"
@@ -24,7 +26,7 @@ HUB_ZIP = "data/FinancialPhraseBank-v1.0.zip"
 SPLITS = ("train", "val", "test")
 
 
-class PhraseBankFormatError(ValueError):
+class PhraseBankFormatError(InputError):
     """A line that is not ``sentence@label`` with a known label in latin-1 text."""
 
 

@@ -34,6 +34,7 @@ from fincompress.data.datamodule import (
 from fincompress.data.news import NewsCorpus, robustness_holdout
 from fincompress.data.phrasebank import calibration_texts, unlabelled_sentences
 from fincompress.distill.loss import DistillationLoss, build_loss
+from fincompress.errors import InputError
 from fincompress.files import folder_size_bytes, write_json
 from fincompress.metrics import save_confusion_matrices
 from fincompress.models.sources import load_classifier
@@ -63,7 +64,7 @@ from fincompress.training import (
 SCORE_BATCH = 64
 
 
-class StudentMismatchError(ValueError):
+class StudentMismatchError(InputError):
     """A method that cannot train this student with this teacher (say, TinyBERT with a
     student on another tokenizer): ``train.py`` exits with ``exit_code``, and
     ``scripts/study.py`` skips the method and says why."""

@@ -1,0 +1,88 @@
+"""Crashes with real processes: ``python train.py`` is killed with SIGKILL in the middle of the
+teacher, of pseudo-labelling and of stage 1, and the same command is run again each time. The
+rerun finishes, no staging folder is left behind, and the metrics and every stage key equal
+those of an uninterrupted run in a fresh output root."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import DATA_DIR, ROOT, TINY
+
+COMMAND = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=400",
+           "student.model.num_layers=2", "distill.speed_sentences=0", f"paths.data_dir={DATA_DIR}"]
+
+
+def command(root, run: str) -> list[str]:
+    return [*COMMAND, f"paths.output_root={root}", f"hydra.run.dir={root / run}"]
+
+
+def stage_keys(root) -> dict[str, list[str]]:
+    return {stage.name: sorted(p.name for p in stage.iterdir() if not p.name.startswith("."))
+            for stage in sorted((root / "stages").iterdir()) if not stage.name.startswith(".")}
+
+
+def kill_during(root, run: str, stage: str, timeout: float = 240) -> None:
+    """Start the run, and SIGKILL it (and its children) as soon as ``stage`` is being built:
+    its staging folder exists."""
+    process = subprocess.Popen(command(root, run), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if list((root / "stages" / stage).glob(".*.partial")):
+                break
+            if process.poll() is not None:
+                pytest.fail(f"the run ended (exit {process.returncode}) before {stage} began")
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"{stage} did not begin within {timeout} s")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow(budget_s=900)
+def test_sigkill_in_three_stages_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    subprocess.run(command(clean, "run"), cwd=ROOT, check=True, capture_output=True, timeout=600)
+    expected = json.loads((clean / "run" / "results.json").read_text())
+
+    for number, stage in enumerate(["teacher", "pseudo_labels", "stage1"]):
+        kill_during(crashed, f"killed{number}", stage)
+        assert list((crashed / "stages" / stage).glob(".*.partial"))  # what the kill left
+    final = subprocess.run(command(crashed, "run"), cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr[-3000:]
+    got = json.loads((crashed / "run" / "results.json").read_text())
+
+    assert not list((crashed / "stages").glob("*/.*.partial"))
+    assert stage_keys(crashed) == stage_keys(clean)
+    for model in ("teacher", "student", "fresh"):
+        assert got[model]["f1_macro"] == expected[model]["f1_macro"], model
+        assert got[model]["confusion_matrix"] == expected[model]["confusion_matrix"], model
+    # each killed run's folder says it did not finish: no results, and no stray model
+    for number in range(3):
+        assert not (crashed / f"killed{number}" / "results.json").exists()
+
+
+@pytest.mark.slow(budget_s=600)
+def test_two_identical_runs_at_once_build_each_stage_once(tmp_path):
+    runs = [subprocess.Popen(command(tmp_path, f"run{i}"), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [run.communicate(timeout=550)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    results = [json.loads((tmp_path / f"run{i}" / "results.json").read_text()) for i in range(2)]
+    assert results[0]["student"]["f1_macro"] == results[1]["student"]["f1_macro"]
+    assert all(len(keys) == 1 for stage, keys in stage_keys(tmp_path).items()
+               if stage != "pseudo_labels")
+    built = sum(out.count("stored teacher") for out in outputs)
+    reused = sum(out.count("reusing teacher") for out in outputs)
+    assert (built, reused) == (1, 1)
