@@ -64,6 +64,12 @@ def compose_config(overrides: list[str], output_dir: Path):
 def tiny_classifier(tmp_path_factory) -> Path:
     """A random 1-layer classifier on MiniLM's tokenizer, saved as a run's ``student/`` folder
     (with a ``checkpoint_info.json``)."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("run") / "student", seed=0)
+
+
+def save_tiny_classifier(folder: Path, seed: int, label_bias: list[float] | None = None) -> Path:
+    """A random tiny classifier saved to ``folder``; ``label_bias`` is added to its output
+    layer's bias (a model that leans to one label, unlike another seed's near-uniform one)."""
     import json
 
     import torch
@@ -71,12 +77,14 @@ def tiny_classifier(tmp_path_factory) -> Path:
     from fincompress.models.sources import load_classifier
 
     labels = ["negative", "neutral", "positive"]
-    folder = tmp_path_factory.mktemp("run") / "student"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model, tokenizer = load_classifier("bundled:minilm-l6", labels, random_init=True,
                                        config_overrides={"num_hidden_layers": 1, "hidden_size": 32,
                                                          "num_attention_heads": 2,
                                                          "intermediate_size": 64})
+    if label_bias is not None:
+        with torch.no_grad():
+            model.classifier.bias += torch.tensor(label_bias)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     (folder / "checkpoint_info.json").write_text(json.dumps(

@@ -104,6 +104,7 @@ def test_export_int8_artifacts_reopen(tiny_classifier, tmp_path):
 
 
 
+@pytest.mark.slow(budget_s=200)
 def test_export_check_reopens_int8_with_the_benchmarks_labels(tiny_classifier, tmp_path, data_dir):
     """The script behind the README's export figures: CLI export, CLI bench, then load()."""
     result = subprocess.run([sys.executable, "scripts/export_check.py", str(tiny_classifier),

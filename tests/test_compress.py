@@ -24,6 +24,7 @@ def compress_root(tmp_path_factory):
     return tmp_path_factory.mktemp("compress")
 
 
+@pytest.mark.slow(budget_s=300)
 def test_distil_prune_quantize_end_to_end(compress_root, data_dir):
     tmp_path = compress_root
     result = run_compress(compose_config(COMPRESS_TINY, tmp_path))
@@ -46,6 +47,7 @@ def test_unknown_steps_are_refused(tmp_path):
         run_compress(compose_config([*COMPRESS_TINY, "compress.steps=[distil,quantize]"], tmp_path))
 
 
+@pytest.mark.slow(budget_s=300)
 def test_qat_as_the_last_step_of_stacked_compression(compress_root, data_dir):
     result = run_compress(compose_config([*COMPRESS_TINY, "compress.steps=[qat]", "qat.epochs=1",
                                           "distill.fresh_baseline=false"], compress_root))

@@ -14,14 +14,21 @@ import pytest
 
 import fincompress
 
-from .conftest import ROOT
+from .conftest import ROOT, save_tiny_classifier
 
 BROWSER = "/usr/bin/chromium"
 TEXT = "Net sales fell 12 % as demand weakened ."
 
 
 @pytest.fixture(scope="module")
-def demo_url(tiny_classifier, tmp_path_factory):
+def other_classifier(tmp_path_factory):
+    """A second tiny model, another seed: the demo's student, so that swapped wiring shows."""
+    return save_tiny_classifier(tmp_path_factory.mktemp("other") / "student", seed=1,
+                                label_bias=[2.0, 0.0, -2.0])
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_classifier, other_classifier, tmp_path_factory):
     bench = tmp_path_factory.mktemp("bench")
     (bench / "benchmark.md").write_text("| model | macro-F1 |\n|---|---|\n| tiny | 0.5000 |\n")
     with socket.socket() as s:
@@ -29,7 +36,7 @@ def demo_url(tiny_classifier, tmp_path_factory):
         port = s.getsockname()[1]
     log = open(bench / "demo.log", "w")
     demo = subprocess.Popen(["fincompress", "demo", "--teacher", str(tiny_classifier), "--student",
-                             str(tiny_classifier.parent), "--benchmark", str(bench), "--port", str(port)],
+                             str(other_classifier.parent), "--benchmark", str(bench), "--port", str(port)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -49,22 +56,28 @@ def demo_url(tiny_classifier, tmp_path_factory):
         log.close()
 
 
-def test_demo_http_api_gives_both_models_answers(demo_url, tiny_classifier):
+def test_demo_http_api_gives_both_models_answers(demo_url, tiny_classifier, other_classifier):
     from gradio_client import Client
 
     teacher, teacher_status, student, student_status = Client(demo_url, verbose=False).predict(
         TEXT, api_name="/compare")
-    expected = fincompress.load(tiny_classifier).predict([TEXT])[0]
+    expected = {"teacher": fincompress.load(tiny_classifier).predict([TEXT])[0],
+                "student": fincompress.load(other_classifier).predict([TEXT])[0]}
+    gap = max(abs(expected["teacher"]["probabilities"][k] - p)
+              for k, p in expected["student"]["probabilities"].items())
+    assert gap > 0.01  # two models that answer differently: swapped wiring would show
     for label, status, name in ((teacher, teacher_status, "teacher"), (student, student_status, "student")):
-        assert label["label"] == expected["label"]
-        assert status.startswith(f"**{name}**: {expected['label']} in ") and " ms " in status
+        assert label["label"] == expected[name]["label"]
+        shown = {c["label"]: c["confidence"] for c in label["confidences"]}
+        assert shown == pytest.approx(expected[name]["probabilities"], abs=1e-3)
+        assert status.startswith(f"**{name}**: {expected[name]['label']} in ") and " ms " in status
     empty = Client(demo_url, verbose=False).predict("   ", api_name="/compare")
     assert empty[1] == "**teacher**: empty text: no prediction"
     huge = Client(demo_url, verbose=False).predict("Profit rose . " * 20_000, api_name="/compare")
     assert "text cut to the first 128 tokens" in huge[1]
 
 
-def test_demo_in_a_headless_browser(demo_url, tiny_classifier, tmp_path):
+def test_demo_in_a_headless_browser(demo_url, tiny_classifier, other_classifier, tmp_path):
     assert shutil.which(BROWSER), f"{BROWSER} is missing: apt-get install chromium (see .ci/run)"
     shot = tmp_path / "demo.png"
     result = subprocess.run([sys.executable, "scripts/demo_browser.py", demo_url, "--text", TEXT,
@@ -73,7 +86,8 @@ def test_demo_in_a_headless_browser(demo_url, tiny_classifier, tmp_path):
                             env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     statuses = json.loads(result.stdout)
-    label = fincompress.load(tiny_classifier).predict([TEXT])[0]["label"]
-    assert statuses["teacher"].startswith(f"teacher: {label} in ")
-    assert statuses["student"].startswith(f"student: {label} in ")
+    teacher = fincompress.load(tiny_classifier).predict([TEXT])[0]["label"]
+    student = fincompress.load(other_classifier).predict([TEXT])[0]["label"]
+    assert statuses["teacher"].startswith(f"teacher: {teacher} in ")
+    assert statuses["student"].startswith(f"student: {student} in ")
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -169,6 +169,7 @@ def test_a_folder_of_nothing_names_every_form(tmp_path):
         load_predictor(tmp_path, LABELS)
 
 
+@pytest.mark.slow(budget_s=200)
 def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch):
     """Vectors distilled from an encoder (the tiny teacher here, the bundled MPNet sentence
     encoder by default), a head on the teacher's labels of the news, the folder scored beside

@@ -60,6 +60,7 @@ QAT_TINY = ["+experiment=qat", *TINY, "quantize.timing_repeats=1", "quantize.lat
             "qat.epochs=1"]
 
 
+@pytest.mark.slow(budget_s=200)
 def test_qat_experiment_beside_ptq_end_to_end_and_reuse(tmp_path, data_dir):
     result = run_qat(compose_config(QAT_TINY, tmp_path))
     source, ptq, qat = result["models"]

@@ -60,17 +60,25 @@ def test_bad_requests_get_clear_4xx_errors(client, body, status, message):
     assert client.get("/health").json()["status"] == "ok"  # and the service goes on
 
 
+@pytest.mark.slow(budget_s=200)
 def test_load_test_script_batches_with_no_errors_and_offline_answers(tiny_classifier, tmp_path):
     split = tmp_path / "texts.csv"
     split.write_text("text\n" + "".join(f"Sales rose {i} % in quarter {i % 4} .\n" for i in range(40)))
     result = subprocess.run(
         [sys.executable, "scripts/load_test.py", str(tiny_classifier), "--requests", "200",
          "--clients", "16", "--grid", "1/0,16/5", "--grid-requests", "80", "--texts", str(split),
-         "--output", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+         "--hostile", "20", "--soak-s", "5", "--output", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "load_test.json").read_text())
     final = report["final"]
     assert final["requests"] == 200 and final["errors"] == [] and final["mismatches"] == []
+    # 20 hostile requests among them, two of each kind, each with its expected status
+    assert sum(sum(c.values()) for c in final["hostile"].values()) == 20
+    assert final["hostile"]["JSON nested 100,000 deep"] == {"400": 2}
+    assert final["hostile"]["lone surrogate"] == {"200": 2}
+    soak = report["soak"]
+    assert soak["requests"] > 20 and soak["errors"] == [] and soak["memory_mib_end"] > 0
     assert len(report["grid"]) == 2 and report["chosen"]["max_batch"] in (1, 16)
     assert 0 < final["latency_ms_p50"] <= final["latency_ms_p95"]
     if report["chosen"]["max_batch"] == 16:  # requests were batched: fewer model calls
@@ -81,7 +89,8 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         tiny_classifier, data_dir):
     """A lone surrogate sent among 20 concurrent requests made 15 of them fail with 500: the
     batcher handed one text's exception to every request of that model call. Here each good
-    request carries its own PhraseBank test sentence and must get offline predict's answer."""
+    request carries its own PhraseBank sentence and must get offline predict's answer. Then a
+    slow client (a body that never arrives) gets 408 and the service goes on."""
     import socket
     import threading
     import time
@@ -95,7 +104,8 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "fincompress.cli", "serve", str(tiny_classifier),
-                               "--port", str(port), "--max-batch", "32", "--max-wait-ms", "50"],
+                               "--port", str(port), "--max-batch", "32", "--max-wait-ms", "50",
+                               "--read-timeout-s", "2"],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -121,6 +131,18 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         for thread in threads:
             thread.join()
         calls = httpx.get(f"{url}/health").json()["model_calls"]
+        # a slow client: headers promise 100 bytes, one arrives, then nothing
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+            slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100\r\n\r\n[")
+            clock = time.perf_counter()
+            reply = ""
+            while "took over" not in reply and (chunk := slow.recv(4096)):
+                reply += chunk.decode()
+            waited = time.perf_counter() - clock
+        assert reply.startswith("HTTP/1.1 408") and "took over 2.0 s" in reply
+        assert 1.5 < waited < 20
+        assert httpx.get(f"{url}/health").status_code == 200  # and the service goes on
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -39,14 +39,14 @@ def test_a_folder_fingerprint_follows_the_model_files_not_the_run_records(tmp_pa
     assert folder_fingerprint(tmp_path) != first
 
 
-def test_a_tokenizer_saved_before_or_after_a_call_gives_one_fingerprint(tmp_path, minilm_tokenizer):
+def test_a_tokenizer_saved_before_or_after_a_call_gives_one_fingerprint(tmp_path):
     """The bundled MiniLM's tokenizer.json says ``padding: Fixed 128``; saved after a call it says
     ``null``. Stage keys downstream must not depend on which happened first."""
-    import copy
+    from fincompress.models.sources import load_tokenizer
 
     fresh, called = tmp_path / "fresh", tmp_path / "called"
-    copy.deepcopy(minilm_tokenizer).save_pretrained(fresh)
-    tokenizer = copy.deepcopy(minilm_tokenizer)
+    load_tokenizer("bundled:minilm-l6").save_pretrained(fresh)
+    tokenizer = load_tokenizer("bundled:minilm-l6")
     tokenizer(["Sales rose."], padding=True, truncation=True, max_length=16)
     tokenizer.backend_tokenizer.no_padding()
     tokenizer.backend_tokenizer.no_truncation()

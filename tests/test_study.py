@@ -11,6 +11,7 @@ import pytest
 from .conftest import DATA_DIR, ROOT, TINY
 
 
+@pytest.mark.slow(budget_s=600)
 def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     command = [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "fresh,pkd",
                "--seeds", "2", "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
@@ -54,6 +55,7 @@ def test_study_rejects_unknown_methods(tmp_path):
     assert result.returncode == 2 and "unknown methods ['kd_t4']" in result.stderr
 
 
+@pytest.mark.slow(budget_s=400)
 def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_dir):
     """TinyBERT runs the teacher on the student's tokens, so it cannot train a student on another
     tokenizer (here one cut from MPNet, beside the teacher's MiniLM one)."""

@@ -13,6 +13,7 @@ import sys
 from .conftest import DATA_DIR, ROOT
 
 
+@pytest.mark.slow(budget_s=200)
 def test_the_wheel_runs_predict_export_and_info_outside_the_checkout(tmp_path, tiny_classifier):
     # built from a copy of the sources, so that the build leaves nothing in the checkout
     source = tmp_path / "source"
