@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import DATA_DIR, ROOT
 
 
