@@ -17,9 +17,31 @@ LABELS = ["negative", "neutral", "positive"]
 
 
 def cli(*args, timeout=600):
+    """The installed ``fincompress`` command, in a new process (what a user runs)."""
     env = {**os.environ, "FINCOMPRESS_DATA": str(DATA_DIR)}
     return subprocess.run(["fincompress", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def cli_here(*args):
+    """The same command in this process (``fincompress.cli.main``): no interpreter start and
+    imports per call. Exit status, stdout and stderr as :func:`cli` gives them."""
+    import contextlib
+    import io
+
+    from fincompress.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else 1
+    if before is None:
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path):
@@ -38,7 +60,7 @@ def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path)
     offline = fincompress.load(tiny_classifier).predict(texts)
     for source, extra, output in (("in.csv", [], "out.csv"), ("in.jsonl", ["--column", "body"], "out.jsonl"),
                                   ("in.txt", [], "out2.csv")):
-        result = cli("predict", tiny_classifier, "--input", tmp_path / source, *extra,
+        result = cli_here("predict", tiny_classifier, "--input", tmp_path / source, *extra,
                      "--output", tmp_path / output)
         assert result.returncode == 0, result.stderr[-2000:]
         if output.endswith(".csv"):
@@ -63,7 +85,7 @@ def test_bad_input_files_get_a_named_error_and_no_output(tiny_classifier, tmp_pa
                                                           message):
     name = "in.txt" if content.startswith(b"fine") else "in.csv"
     (tmp_path / name).write_bytes(content)
-    result = cli("predict", tiny_classifier, "--input", tmp_path / name, *args,
+    result = cli_here("predict", tiny_classifier, "--input", tmp_path / name, *args,
                  "--output", tmp_path / "out.csv")
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -77,7 +99,7 @@ def test_a_folder_that_is_not_a_model_gets_a_named_error(tmp_path):
 
 
 def test_info_shows_metrics_lineage_and_machine(tiny_classifier):
-    result = cli("info", tiny_classifier.parent)
+    result = cli_here("info", tiny_classifier.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "stage: stage2, method pkd" in result.stdout
     assert "f1_macro 0.5000" in result.stdout and "1000" not in result.stdout.split("size")[0]
@@ -88,18 +110,18 @@ def test_info_shows_metrics_lineage_and_machine(tiny_classifier):
 
 def test_export_int8_artifacts_reopen(tiny_classifier, tmp_path):
     onnx = tmp_path / "onnx"
-    result = cli("export", tiny_classifier, "--format", "onnx", "--int8", "--output", onnx)
+    result = cli_here("export", tiny_classifier, "--format", "onnx", "--int8", "--output", onnx)
     assert result.returncode == 0, result.stderr[-3000:]
     assert fincompress.load(onnx).engine == "onnxruntime"
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("Profit rose .\nSales fell .\nThe board met .\n")
     openvino = tmp_path / "openvino"
-    result = cli("export", tiny_classifier, "--format", "openvino", "--int8", "--calibration",
+    result = cli_here("export", tiny_classifier, "--format", "openvino", "--int8", "--calibration",
                  calibration, "--output", openvino)
     assert result.returncode == 0, result.stderr[-3000:]
     reopened = fincompress.load(openvino)
     assert reopened.engine == "openvino" and reopened.info["steps"][0]["calibration_sentences"] == 3
-    again = cli("export", tiny_classifier, "--format", "onnx", "--output", onnx)
+    again = cli_here("export", tiny_classifier, "--format", "onnx", "--output", onnx)
     assert again.returncode == 2 and "exists" in again.stderr
 
 

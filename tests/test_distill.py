@@ -189,6 +189,7 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
         assert f"test {margin:+.4f}" in out and "converged fresh baseline" in out
 
 
+@pytest.mark.slow(budget_s=200)
 def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, monkeypatch):
     """Teacher, pseudo-labels, stage 1 and the fresh baseline all come from the store on a
     second run, even with other stage-2 settings."""
@@ -321,6 +322,7 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path, data_dir):
         run_distill(cfg)
 
 
+@pytest.mark.slow(budget_s=150)
 def test_tinybert_refuses_a_student_with_another_tokenizer_before_labelling(
         teacher_dir, data_dir, tmp_path, monkeypatch):
     def no_labelling(*args, **kwargs):
@@ -434,6 +436,7 @@ def test_frozen_teacher_stays_in_eval_mode_when_lightning_switches_to_training(t
     assert not any(m.training for m in module.teacher.modules())
 
 
+@pytest.mark.slow(budget_s=150)
 def test_an_outside_teacher_is_flagged_as_possibly_trained_on_the_test_split(tiny_pair, tmp_path,
                                                                               data_dir, capsys):
     """A teacher with no recorded split (like ProsusAI/finbert, fine-tuned on PhraseBank)."""

@@ -99,6 +99,7 @@ def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
         labelling_rule(compose_config([*TINY, "distill.pseudo_label.engine=int8"], tmp_path))
 
 
+@pytest.mark.slow(budget_s=150)
 def test_pkd_with_the_fastest_labeller_is_refused_before_labelling(teacher_dir, tmp_path):
     from omegaconf import open_dict
 

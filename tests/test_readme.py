@@ -8,7 +8,8 @@ import tomllib
 from .conftest import DATA_DIR, ROOT, TINY
 
 # shrinks the main job: tiny teacher, 48 sentences per split, 120 news sentences, 2-layer student
-SHRINK = [*TINY, "news.max_sentences=120", "student.model.num_layers=2"]
+SHRINK = [*TINY, "news.max_sentences=120", "student.model.num_layers=2", "distill.speed_sentences=5",
+          "news.holdout.scored_per_group=100"]
 
 
 def quick_start() -> list[str]:
