@@ -86,3 +86,33 @@ def test_two_identical_runs_at_once_build_each_stage_once(tmp_path):
     built = sum(out.count("stored teacher") for out in outputs)
     reused = sum(out.count("reusing teacher") for out in outputs)
     assert (built, reused) == (1, 1)
+
+
+@pytest.mark.slow(budget_s=600)
+def test_a_teacher_killed_after_an_epoch_resumes_from_its_last_checkpoint(tmp_path):
+    """``resume_from=<run>/checkpoints/last.ckpt`` continues a run killed once an epoch's
+    checkpoint was written, and the result equals an uninterrupted run's."""
+    teacher = [sys.executable, "train.py", "+experiment=teacher", *TINY, "trainer.max_epochs=3",
+               "teacher.max_epochs=3", f"paths.data_dir={DATA_DIR}", f"paths.output_root={tmp_path}"]
+    clean = subprocess.run([*teacher, f"hydra.run.dir={tmp_path / 'clean'}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    run = tmp_path / "killed"
+    process = subprocess.Popen([*teacher, f"hydra.run.dir={run}"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert last.is_file() and not (run / "model").exists()
+    resumed = subprocess.run([*teacher, f"hydra.run.dir={run}", f"resume_from={last}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = json.loads((tmp_path / "clean" / "model" / "checkpoint_info.json").read_text())
+    got = json.loads((run / "model" / "checkpoint_info.json").read_text())
+    assert got["epochs_run"] == expected["epochs_run"]
+    assert got["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
