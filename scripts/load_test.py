@@ -222,10 +222,24 @@ def main() -> None:
         final["memory_mib"] = [memory_before, memory_mib(server.pid)]
         if args.soak_s:
             start = memory_mib(server.pid)
-            soak = load(url, texts, 0, args.clients, max(1, args.hostile), seconds=args.soak_s)
+            samples: list = []
+            done = threading.Event()
+
+            def sample() -> None:  # the server's memory every 10 s: does it level off?
+                clock = time.perf_counter()
+                while not done.wait(10):
+                    samples.append([round(time.perf_counter() - clock), memory_mib(server.pid)])
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                soak = load(url, texts, 0, args.clients, max(1, args.hostile), seconds=args.soak_s)
+            finally:
+                done.set()
+                sampler.join()
             soak_verdict = check(soak.pop("answers"), texts, offline, args.tolerance)
             soak.update(memory_mib_start=start, memory_mib_end=memory_mib(server.pid),
-                        **soak_verdict)
+                        memory_mib_every_10_s=samples, **soak_verdict)
             print(f"soak {args.soak_s:.0f} s: {soak['requests']} requests, memory {start} -> "
                   f"{soak['memory_mib_end']} MiB, {len(soak['errors'])} errors, "
                   f"{len(soak['mismatches'])} answers unlike offline predict", flush=True)
