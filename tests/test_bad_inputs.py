@@ -108,7 +108,7 @@ def test_a_decoder_as_teacher_is_refused_before_any_work(tmp_path):
     (b"", "is not a checkpoint torch can read"),
     (b"garbage bytes \x00\x01", "is not a checkpoint torch can read"),
     (None, "no such file"),
-])
+], ids=["empty", "garbage", "missing"])
 def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, content, message):
     """A garbage ``resume_from`` gave ``IndexError: pop from empty list``."""
     path = tmp_path / "last.ckpt"
@@ -145,7 +145,7 @@ def test_a_binary_file_among_the_news_is_named_not_trained_on(tmp_path):
     ('{"text": ' + "9" * 5000 + "}", "line 2: Exceeds the limit"),
     ('{"text": "unclosed', "line 2: not JSON"),
     ('{"body": "no text field"}', "line 2: no field 'text'"),
-])
+], ids=["deep", "huge-number", "unclosed", "no-field"])
 def test_bad_news_jsonl_lines_are_named(tmp_path, line, message):
     (tmp_path / "news.jsonl").write_text('{"text": "Profits rose sharply in the quarter."}\n'
                                          + line + "\n")
@@ -281,7 +281,7 @@ def test_bad_serve_settings_are_refused(capsys, tiny_classifier, args, message):
     ("huge.jsonl", b'{"text": ' + b"9" * 5000 + b"}\n", "huge.jsonl line 1: Exceeds the limit"),
     ("bad.txt", b"ok\n\xff\n", "bad.txt line 2, byte 1: not valid UTF-8"),
     ("list.jsonl", b'["a list"]\n', "list.jsonl line 1: expected a JSON object"),
-])
+], ids=["empty", "deep", "huge-number", "not-utf8", "not-an-object"])
 def test_bad_input_files_are_named_and_nothing_is_written(capsys, tiny_classifier, tmp_path, name,
                                                           content, message):
     (tmp_path / name).write_bytes(content)
@@ -322,7 +322,7 @@ def client(tiny_classifier):
     (b'[["nested"]]', 422, "texts[0] is list"),
     (b"{}", 422, "an object with 'texts'"),
     (b"\xff\xfe", 400, "not valid UTF-8"),
-])
+], ids=["deep", "deep-in-texts", "huge-number", "null-item", "list-item", "no-texts", "not-utf8"])
 def test_hostile_bodies_get_4xx_and_the_service_goes_on(client, body, status, message):
     response = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert response.status_code == status and message in response.json()["detail"]
