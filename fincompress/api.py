@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from fincompress.errors import NotAModelError
+from fincompress.predict import holds_int8
 from fincompress.predict import load as load_predictor
 
 CHARS_PER_TOKEN_CAP = 64
@@ -53,7 +54,10 @@ class Model:
                                  f"{error}") from None
         self.labels = self.predictor.labels
         self.engine = self.predictor.engine
+        # "int8 (float parts f32)" for an INT8 artifact, not the float parts' "f32" alone
         self.precision = self.predictor.inference_precision
+        if holds_int8(folder):
+            self.precision = f"int8 (float parts {self.precision})"
         self.batch_size = batch_size
         self.max_length = max_length
         info = folder / "checkpoint_info.json"

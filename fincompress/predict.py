@@ -287,6 +287,14 @@ def check_model_files(folder: Path) -> None:
                                  "folder is damaged: copy or export it again") from None
 
 
+def holds_int8(folder: str | Path) -> bool:
+    """Whether an artifact holds INT8 weights, by the steps its ``checkpoint_info.json``
+    records (the float parts still run in the predictor's ``inference_precision``)."""
+    info = Path(folder) / "checkpoint_info.json"
+    return info.is_file() and any(step.get("int8") for step in
+                                  json.loads(info.read_text()).get("steps", []))
+
+
 def recorded_labels(folder: Path) -> list[str]:
     for name in ("checkpoint_info.json", "config.json"):
         path = folder / name

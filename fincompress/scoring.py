@@ -36,7 +36,7 @@ from fincompress.files import folder_size_bytes
 from fincompress.hardware import native_bf16
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import count_parameters
-from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, load
+from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, holds_int8, load
 
 
 def peak_rates(n: int = 1024, repeats: int = 10) -> dict[str, float]:
@@ -214,10 +214,7 @@ def _p95(values: list[float]) -> float | None:
 def _precision(predictor: Predictor) -> str:
     """The peak an artifact is measured against: INT8 if it holds INT8 weights, else the
     precision its float work runs in."""
-    folder = Path(predictor.folder)
-    info = folder / "checkpoint_info.json"
-    if info.is_file() and any(step.get("int8") for step in
-                              json.loads(info.read_text()).get("steps", [])):
+    if holds_int8(predictor.folder):
         return "i8"
     return "bf16" if predictor.inference_precision == "bf16" else "f32"
 

@@ -121,6 +121,10 @@ def test_export_int8_artifacts_reopen(tiny_classifier, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     reopened = fincompress.load(openvino)
     assert reopened.engine == "openvino" and reopened.info["steps"][0]["calibration_sentences"] == 3
+    # an INT8 artifact says so (it said "f32", the precision of its float parts, alone)
+    assert reopened.precision.startswith("int8 (float parts ")
+    assert fincompress.load(onnx).precision == "int8 (float parts f32)"
+    assert "runs as: openvino, int8 (float parts" in cli_here("info", openvino).stdout
     again = cli_here("export", tiny_classifier, "--format", "onnx", "--output", onnx)
     assert again.returncode == 2 and "exists" in again.stderr
 
