@@ -213,7 +213,13 @@ def training_sentences(count: int) -> list[str]:
     from fincompress.data.phrasebank import calibration_texts
 
     cfg = compose_config([])
-    return calibration_texts(phrasebank_split(cfg).splits["train"], count, cfg.seed)
+    try:
+        split = phrasebank_split(cfg)
+    except FileNotFoundError as error:
+        raise InputError(f"no PhraseBank to calibrate INT8 on ({error}): set FINCOMPRESS_DATA to "
+                         "the data folder (it holds financial_phrasebank/), or give "
+                         "--calibration FILE") from None
+    return calibration_texts(split.splits["train"], count, cfg.seed)
 
 
 def info(args) -> None:

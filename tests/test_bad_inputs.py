@@ -223,6 +223,16 @@ def test_every_subcommand_names_a_folder_that_is_not_a_model(capsys, damaged, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_export_int8_without_calibration_data_names_both_ways_to_give_it(
+        capsys, tiny_classifier, tmp_path, monkeypatch):
+    """Outside the repository ``export --int8`` ended in a FileNotFoundError traceback."""
+    monkeypatch.setenv("FINCOMPRESS_DATA", str(tmp_path / "nowhere"))
+    code, _, err = run_cli(capsys, "export", tiny_classifier, "--format", "openvino", "--int8",
+                           "--output", tmp_path / "int8")
+    assert code == 2 and "set FINCOMPRESS_DATA" in err and "--calibration FILE" in err
+    assert not (tmp_path / "int8").exists()
+
+
 def test_the_demo_names_a_folder_that_is_not_a_model(capsys, tiny_classifier, tmp_path):
     code, _, err = run_cli(capsys, "demo", "--teacher", tiny_classifier, "--student", tmp_path)
     assert code == 2 and f"{tmp_path} holds no model" in err
