@@ -352,21 +352,28 @@ def port(value: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    import fincompress
+
     main = argparse.ArgumentParser(prog="fincompress", description=__doc__.splitlines()[0])
+    main.add_argument("--version", action="version", version=f"fincompress {fincompress.__version__}")
     commands = main.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("predict", help="labels and probabilities for texts or a file")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:  # every subcommand shows its defaults
+        return commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   **kwargs)
+
+    p = add("predict", help="labels and probabilities for texts or a file")
     p.add_argument("model")
     p.add_argument("texts", nargs="*")
     p.add_argument("--input", help=".txt (a text per line), .csv or .jsonl")
     p.add_argument("--column", help="the CSV column or JSONL field (default: text or sentence)")
     p.add_argument("--output", help=".csv or .jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--threads", type=positive_int)
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--threads", type=positive_int, help="the engine's threads (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="texts per model call")
     p.set_defaults(run=predict)
 
-    p = commands.add_parser("export", help="an OpenVINO or ONNX artifact, fp32 or INT8")
+    p = add("export", help="an OpenVINO or ONNX artifact, fp32 or INT8")
     p.add_argument("model")
     p.add_argument("--format", choices=["openvino", "onnx"], required=True)
     p.add_argument("--int8", action="store_true")
@@ -377,11 +384,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="a new folder")
     p.set_defaults(run=export)
 
-    p = commands.add_parser("info", help="metrics, size, lineage and the CPU it was measured on")
+    p = add("info", help="metrics, size, lineage and the CPU it was measured on")
     p.add_argument("model")
     p.set_defaults(run=info)
 
-    p = commands.add_parser("bench", help="the CPU benchmark on the given models")
+    p = add("bench", help="the CPU benchmark on the given models")
     p.add_argument("models", nargs="+", help="the first is the reference")
     p.add_argument("--output", default="outputs/bench")
     p.add_argument("--repeats", type=positive_int, default=3)
@@ -390,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also time the published architectures (ALBERT-base, FinBERT)")
     p.set_defaults(run=bench)
 
-    p = commands.add_parser("serve", help="the HTTP service (POST /predict, GET /health, /docs)")
+    p = add("serve", help="the HTTP service (POST /predict, GET /health, /docs)")
     p.add_argument("model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
@@ -410,7 +417,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="warning")
     p.set_defaults(run=serve)
 
-    p = commands.add_parser("demo", help="the web demo: teacher and student side by side")
+    p = add("demo", help="the web demo: teacher and student side by side")
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--benchmark", help="a benchmark run folder (benchmark.md, pareto.png)")
