@@ -2,6 +2,7 @@
 
     python scripts/reproduce.py [--name repro] [--seeds 1] [--output-root outputs] -- [overrides]
     python scripts/reproduce.py -- teacher=mpnet_base student=minilm news.max_sentences=20000
+    python scripts/reproduce.py --stages teacher,teacher_int8,benchmark    # a subset
 
 Stages, in order; each is a ``train.py`` run (or the study script) into
 ``<output-root>/reproduce/<name>/<stage>``, and everything they train is a stored stage, so a
@@ -93,8 +94,17 @@ def main() -> None:
                         help="an override for one stage only (repeatable)")
     parser.add_argument("--redo", action="append", default=[], choices=STAGES,
                         help="run this stage again although it finished earlier (repeatable)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="the stages to run, comma-separated (the teacher always; ptq and qat "
+                             "need the study); default: all")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every stage, after --")
     args = parser.parse_args()
+    wanted = [stage for stage in args.stages.split(",") if stage]
+    if set(wanted) - set(STAGES) or "teacher" not in wanted:
+        parser.error(f"--stages {args.stages!r}: a comma-separated subset of {', '.join(STAGES)} "
+                     "that holds teacher")
+    if {"ptq", "qat"} & set(wanted) and "study" not in wanted:
+        parser.error("--stages: ptq and qat quantize the study's best student; add study")
     extra: dict[str, list[str]] = {}
     for item in args.stage_overrides:
         stage, _, override = item.partition("=")
@@ -112,6 +122,8 @@ def main() -> None:
         record.pop(stage, None)
 
     def step(stage: str, command: list[str]) -> bool:
+        if stage not in wanted:
+            return False
         record[stage] = run(stage, command, root / stage, record)
         for name in STAGES:  # stages.json lists the stages in their order
             if name in record:
@@ -125,19 +137,18 @@ def main() -> None:
                                  *extra.get("teacher", []))):
         sys.exit(f"the teacher failed; see {root / 'teacher.log'}")
     pin = [f"teacher_checkpoint={root / 'teacher' / 'model'}"]  # every later stage uses it
-    step("study", [sys.executable, "scripts/study.py", "--name", args.name, "--methods", args.methods,
-                   "--seeds", str(args.seeds), "--output-root", output_root, "--", *common, *pin,
-                   *extra.get("study", [])])
-    study_json = Path(output_root) / "study" / args.name / "study.json"
-    best = best_student(study_json)
-    record["best_student"] = best
-    print(f"[reproduce] best distilled student on validation: {best['method']} "
-          f"({best['val_f1_macro']:.4f}), {best['dir']}")
-    student = best["dir"]
-    step("ptq", train(root / "ptq", "+experiment=ptq", f"quantize.source={student}", *common, *pin,
-                      *extra.get("ptq", [])))
-    step("qat", train(root / "qat", "+experiment=qat", f"qat.source={student}", *common, *pin,
-                      *extra.get("qat", [])))
+    best = None
+    if step("study", [sys.executable, "scripts/study.py", "--name", args.name, "--methods",
+                      args.methods, "--seeds", str(args.seeds), "--output-root", output_root, "--",
+                      *common, *pin, *extra.get("study", [])]):
+        best = best_student(Path(output_root) / "study" / args.name / "study.json")
+        record["best_student"] = best
+        print(f"[reproduce] best distilled student on validation: {best['method']} "
+              f"({best['val_f1_macro']:.4f}), {best['dir']}")
+        step("ptq", train(root / "ptq", "+experiment=ptq", f"quantize.source={best['dir']}",
+                          *common, *pin, *extra.get("ptq", [])))
+        step("qat", train(root / "qat", "+experiment=qat", f"qat.source={best['dir']}", *common,
+                          *pin, *extra.get("qat", [])))
     step("teacher_int8", train(root / "teacher_int8", "+experiment=ptq",
                                f"quantize.source={root / 'teacher' / 'model'}", *common, *pin,
                                *extra.get("teacher_int8", [])))
@@ -154,11 +165,13 @@ def main() -> None:
     step("compress", train(root / "compress", "+experiment=compress", "compress.steps=[prune,qat]",
                            *common, *pin,
                            *extra.get("compress", [])))
-    artifacts = {"teacher": best["teacher_dir"], f"{best['method']} student": student}
+    artifacts = {"teacher": str(root / "teacher" / "model")}
+    if best:
+        artifacts[f"{best['method']} student"] = best["dir"]
     for stage in ("ptq", "qat", "teacher_int8", "prune30_int8"):
         results = root / stage / "results.json"
         if results.is_file():
-            name = f"{best['method']} {stage} int8" if stage in ("ptq", "qat") else stage
+            name = f"{best['method']} {stage} int8" if stage in ("ptq", "qat") and best else stage
             artifacts[name] = json.loads(results.read_text())["chosen"]["dir"]
     for stage in ("prune30", "prune50", "compress"):
         results = root / stage / "results.json"
@@ -176,7 +189,7 @@ def main() -> None:
     record["this_invocation_s"] = round(time.perf_counter() - started, 1)
     state_file.write_text(json.dumps(record, indent=2))
     report = subprocess.run([sys.executable, "scripts/report.py", str(root)], cwd=ROOT)
-    failed = [s for s in STAGES if record.get(s, {}).get("status") != "ok"]
+    failed = [s for s in wanted if record.get(s, {}).get("status") != "ok"]
     print(f"[reproduce] done: stages {record['total_wall_time_s']} s in all, this invocation "
           f"{record['this_invocation_s']} s; "
           + (f"failed stages: {failed}" if failed else "every stage ok"))

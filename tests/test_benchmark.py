@@ -91,6 +91,7 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
     assert json.loads((tmp_path / "benchmark.json").read_text())["models"][1]["precision"] == "i8"
 
 
+@pytest.mark.slow(budget_s=200)  # the tiny reproduction runs the benchmark stage in every CI run
 def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
     from fincompress.stages.benchmark import run_benchmark
 

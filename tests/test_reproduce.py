@@ -65,6 +65,34 @@ def test_reproduce_runs_every_stage_and_writes_the_report(tmp_path, data_dir):
     assert "[reproduce] benchmark: ok" in redo.stdout
 
 
+def test_a_tiny_reproduction_of_two_stages_writes_the_report_and_the_readme(tmp_path, data_dir):
+    """The reproduction's machinery on every CI run (the whole run above is slow): two stages,
+    their record, the report, and the README's results section replaced from the same files."""
+    command = [sys.executable, "scripts/reproduce.py", "--name", "tiny", "--stages",
+               "teacher,benchmark", "--output-root", str(tmp_path),
+               "--stage-overrides", "benchmark=benchmark.reference_precisions=false",
+               "--", *TINY_STUDY]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
+    root = tmp_path / "reproduce" / "tiny"
+    stages = json.loads((root / "stages.json").read_text())
+    assert [s for s in stages if s in ("teacher", "benchmark", "study")] == ["teacher", "benchmark"]
+    assert all(stages[s]["status"] == "ok" for s in ("teacher", "benchmark"))
+    benchmark = json.loads((root / "benchmark" / "benchmark.json").read_text())
+    assert [row["model"] for row in benchmark["models"]][0] == "teacher"
+    report = (root / "report.md").read_text()
+    assert re.search(r"\| benchmark +\| ok +\|", report)
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    subprocess.run([sys.executable, "scripts/report.py", str(root), "--readme", str(readme),
+                    "--figures", str(tmp_path / "docs")], cwd=ROOT, check=True, capture_output=True)
+    section = readme.read_text().split("<!-- results:begin -->")[1].split("<!-- results:end -->")[0]
+    assert "Wall time per stage" in section and (tmp_path / "docs" / "pareto.png").is_file()
+    refused = subprocess.run([*command[:5], "ptq", *command[6:]], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "holds teacher" in refused.stderr
+
+
 def test_pareto_claim_names_models_that_beat_every_published_row():
     sys.path.insert(0, str(ROOT / "scripts"))
     from report import pareto_claim
