@@ -322,6 +322,11 @@ def serve(args) -> None:
                      max_texts=args.max_texts, max_body_bytes=args.max_body_bytes,
                      threads=args.threads, max_queue=args.max_queue,
                      read_timeout_s=args.read_timeout_s, api_key=args.api_key)
+    model = app.state.batcher.model
+    print(f"fincompress serve: http://{args.host}:{args.port} (POST /predict, GET /health, "
+          f"/ready, /docs); model {model.folder} ({model.engine}, {model.precision}); batches of "
+          f"up to {args.max_batch} texts within {args.max_wait_ms} ms; "
+          f"{'API key required' if app.state.api_key_required else 'no API key'}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

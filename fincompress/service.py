@@ -3,6 +3,7 @@
 - ``POST /predict``: a JSON list of texts (or ``{"texts": [...]}``) -> ``{"predictions": [...]}``,
   one answer per text exactly as :meth:`fincompress.api.Model.predict` gives it;
 - ``GET /health``: the model, engine, precision and batching settings;
+- ``GET /ready``: 200 once the model is loaded and the batching loop runs, else 503;
 - ``GET /docs``: the OpenAPI page (``/openapi.json``).
 
 Concurrent requests are batched: the first waiting request opens a batch, which takes the
@@ -19,7 +20,7 @@ hears of it. Limits, with the status they answer:
 - 503 with ``Retry-After`` when ``max_queue`` texts already wait for the model (the queue is
   bounded, so a burst cannot grow memory without limit);
 - 401 without the API key, where one is set (``api_key``, or ``FINCOMPRESS_API_KEY``): sent as
-  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; ``/health`` stays open.
+  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; ``/health`` and ``/ready`` stay open.
 
 Empty texts, texts that are not valid Unicode (lone surrogates) and over-long texts get the
 documented answers of the Python API, not errors. The service binds to 127.0.0.1 unless told
@@ -75,6 +76,7 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1)  # one model call at a time
         self.calls = 0
         self.rejected = 0
+        self.task: asyncio.Task | None = None
 
     async def predict(self, texts: list[str]) -> list[dict]:
         if self.waiting_texts + len(texts) > self.max_queue:
@@ -178,19 +180,20 @@ def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_te
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        task = asyncio.create_task(batcher.run())
+        batcher.task = asyncio.create_task(batcher.run())
         yield
-        task.cancel()
+        batcher.task.cancel()
         batcher.executor.shutdown(wait=False)
 
     app = FastAPI(title="fincompress", lifespan=lifespan,
                   description="Financial sentiment from a compressed model: "
                               f"{model.folder} ({model.engine}, {model.precision}).")
     app.state.batcher = batcher
+    app.state.api_key_required = bool(api_key)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
-        if api_key and request.url.path != "/health":
+        if api_key and request.url.path not in ("/health", "/ready"):
             given = request.headers.get("x-api-key") or \
                 request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not secrets.compare_digest(given.encode(), api_key.encode()):
@@ -207,6 +210,13 @@ def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_te
             return {"predictions": await batcher.predict(texts)}
         except RequestError as error:
             return _error(error.status, str(error), error.headers)
+
+    @app.get("/ready")
+    async def ready():
+        """200 once the model is loaded and the batching loop runs (a load balancer's check)."""
+        if batcher.task is None or batcher.task.done():
+            return _error(503, "the batching loop is not running")
+        return {"ready": True}
 
     @app.get("/health")
     async def health():

@@ -366,6 +366,7 @@ def test_the_api_key_guards_every_route_but_health(tiny_classifier, monkeypatch)
         assert client.post("/predict", json=["Sales rose ."],
                            headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/health").json()["api_key_required"] is True
+        assert client.get("/ready").status_code == 200  # a load balancer's check needs no key
 
 
 class SlowModel:

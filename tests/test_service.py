@@ -37,6 +37,7 @@ def test_predict_health_and_openapi(client, tiny_classifier):
     assert blank["label"] is None and blank["warning"] == "empty text: no prediction"
     long = client.post("/predict", json=["Profit rose . " * 100]).json()["predictions"][0]
     assert long["truncated"] is True
+    assert client.get("/ready").json() == {"ready": True}
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["max_batch"] == 8 and health["model_calls"] >= 3
     spec = client.get("/openapi.json").json()
@@ -106,7 +107,7 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
     server = subprocess.Popen([sys.executable, "-m", "fincompress.cli", "serve", str(tiny_classifier),
                                "--port", str(port), "--max-batch", "32", "--max-wait-ms", "50",
                                "--read-timeout-s", "2"],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -131,6 +132,10 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         for thread in threads:
             thread.join()
         calls = httpx.get(f"{url}/health").json()["model_calls"]
+        started = server.stdout.readline()  # the startup line: where, what, how it batches
+        assert started.startswith(f"fincompress serve: {url} ")
+        assert "batches of up to 32 texts" in started and "no API key" in started
+        assert "(torch, f32)" in started or "(torch, bf16)" in started
         # a slow client: headers promise 100 bytes, one arrives, then nothing
         with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
             slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
