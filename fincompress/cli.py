@@ -84,14 +84,17 @@ def _column(path: Path, column: str | None, names: list[str], line: int | None =
 
 def write_answers(path: Path, texts: list[str], answers: list[dict], labels: list[str]) -> None:
     """``.csv`` (text, label, one probability column per label, tokens, truncated, warning) or
-    ``.jsonl`` (the text and its answer); written whole to a temporary file, then renamed."""
+    ``.jsonl`` (the same fields, probabilities as one object; ``warning`` null when there is
+    none); written whole to a temporary file, then renamed."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise InputError(f"{path}: unknown output format {suffix!r}; use .csv or .jsonl")
     with atomic_file(path, newline="") as out:
         if suffix == ".jsonl":
             for text, answer in zip(texts, answers):
-                out.write(json_line({"text": text, **answer}) + "\n")
+                # the CSV's columns, in the same order: warning is always there (null: none)
+                out.write(json_line({"text": text, **answer,
+                                     "warning": answer.get("warning")}) + "\n")
         else:
             writer = csv.writer(out)
             writer.writerow(["text", "label", *[f"p_{label}" for label in labels], "tokens",

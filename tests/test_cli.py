@@ -73,6 +73,10 @@ def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path)
         else:
             rows = [json.loads(line) for line in (tmp_path / output).read_text().splitlines()]
             assert [r["label"] for r in rows] == [a["label"] for a in offline]
+            # one schema with the CSV: every row has every field, warning null when none
+            assert all(list(r) == ["text", "label", "probabilities", "tokens", "truncated",
+                                   "warning"] for r in rows)
+            assert [r["warning"] is None for r in rows] == ["warning" not in a for a in offline]
         assert "wrote 4 answers" in result.stdout and "1 with a warning" in result.stdout
 
 
