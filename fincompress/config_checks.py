@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fincompress.errors import InputError
+from fincompress.errors import InputError, NotAModelError
 
 # key -> (lowest, highest, whether the lowest is allowed, whether None is allowed)
 AT_LEAST_ONE = (1, math.inf, True, False)
@@ -127,8 +127,8 @@ def check_teacher_folder(folder: Path) -> None:
     distillation losses and the speed check read its layers and width."""
     config_file = folder / "config.json"
     if not config_file.is_file():
-        raise InputError(f"teacher_checkpoint {folder} is not a saved model folder (no "
-                         "config.json)")
+        raise NotAModelError(f"teacher_checkpoint {folder} is not a saved model folder (no "
+                             "config.json)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -148,7 +148,8 @@ def check_resume_file(path: Path) -> None:
     if not path.is_file():
         raise InputError(f"resume_from {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # memory-mapped: the keys are read, the tensors stay on disk until Lightning loads them
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         raise InputError(f"resume_from {path} is not a checkpoint torch can read ({error}); give "
                          "a last.ckpt a run wrote") from None

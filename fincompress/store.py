@@ -56,15 +56,19 @@ def folder_fingerprint(folder: str | Path) -> str:
             continue
         digest.update(f"{path.relative_to(folder)}\n".encode())
         if path.name == "tokenizer.json":
-            state = json.loads(path.read_bytes())
-            state.pop("padding", None)
-            state.pop("truncation", None)
-            digest.update(json.dumps(state, sort_keys=True).encode())
+            digest.update(tokenizer_rules(json.loads(path.read_bytes())).encode())
             continue
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def tokenizer_rules(state: dict) -> str:
+    """A tokenizer's ``tokenizer.json`` state as canonical JSON, without the padding and
+    truncation that a call leaves in it: what the tokenizer does to text."""
+    state = {key: value for key, value in state.items() if key not in ("padding", "truncation")}
+    return json.dumps(state, sort_keys=True)
 
 
 def ensure_stage(root: str | Path, stage: str, inputs: dict,

@@ -31,6 +31,7 @@ from fincompress.data.phrasebank import (
     stratified_split,
     write_splits,
 )
+from fincompress.store import tokenizer_rules
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -38,12 +39,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     and padding state that each call leaves in the backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
+        text = tokenizer_rules(json.loads(backend.to_str()))
     else:
-        state = tokenizer.get_vocab()
-    text = json.dumps(state, sort_keys=True)
+        text = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode()).hexdigest()
 
 

@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.artifacts import save_model_folder
+from fincompress.config_checks import check_teacher_folder
 from fincompress.data.datamodule import data_settings
 from fincompress.metrics import save_confusion_matrices
 from fincompress.module import ClassifierModule
@@ -40,9 +41,7 @@ def ensure_teacher(cfg: DictConfig) -> Path:
     """The teacher's model folder: given, stored from an earlier run, or trained now."""
     if cfg.get("teacher_checkpoint"):
         folder = Path(cfg.teacher_checkpoint)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"teacher_checkpoint {folder} is not a saved model folder "
-                                    "(no config.json)")
+        check_teacher_folder(folder)  # train.py checked it already; callers in code may not have
         return folder
     folder, reused = ensure_stage(cfg.paths.output_root, "teacher", teacher_inputs(cfg),
                                   lambda staging: train_teacher(stage_config(
