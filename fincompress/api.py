@@ -21,12 +21,11 @@ A folder that holds no model raises :class:`NotAModelError`, naming what it expe
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import torch
-
 from fincompress.errors import NotAModelError
-from fincompress.predict import holds_int8
+from fincompress.predict import holds_int8, softmax
 from fincompress.predict import load as load_predictor
 
 CHARS_PER_TOKEN_CAP = 64
@@ -40,7 +39,6 @@ class Model:
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be at least 1, got {threads}")
-            torch.set_num_threads(threads)  # PyTorch's pool; OpenVINO and ORT get it below too
         if batch_size < 1 or max_length < 3:
             raise ValueError(f"batch_size must be >= 1 and max_length >= 3, got {batch_size} "
                              f"and {max_length}")
@@ -52,6 +50,8 @@ class Model:
         except (OSError, ValueError, KeyError, RuntimeError) as error:  # what the engines raise
             raise NotAModelError(f"{folder} cannot be opened: {type(error).__name__}: "
                                  f"{error}") from None
+        if threads is not None and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)  # PyTorch's pool is process-wide
         self.labels = self.predictor.labels
         self.engine = self.predictor.engine
         # "int8 (float parts f32)" for an INT8 artifact, not the float parts' "f32" alone
@@ -81,7 +81,7 @@ class Model:
         if not scored:
             return answers
         ids, truncated = self.encode([texts[i] for i in scored])
-        probabilities = self.predictor.logits_ids(ids, self.batch_size).softmax(-1)
+        probabilities = softmax(self.predictor.logits_ids(ids, self.batch_size))
         unknown = self.predictor.unknown_token_id
         for row, i in enumerate(scored):
             values = probabilities[row].tolist()

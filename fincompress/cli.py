@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from fincompress.errors import InputError, read_utf8
@@ -175,10 +176,11 @@ def predict(args) -> None:
 
 
 def export(args) -> None:
+    """Write the artifact, then score it beside its source on a labelled split, and record
+    what was measured in its ``checkpoint_info.json`` (nothing is written on any failure)."""
     import fincompress
     from fincompress.artifacts import write_checkpoint_info
     from fincompress.compress.int8 import ONNXRuntimeBackend, OpenVINOBackend
-    from fincompress.hardware import cpu_info
     from fincompress.models.sources import load_classifier
 
     source = fincompress.load(args.model)  # a clear error for a folder that is not a model
@@ -197,25 +199,113 @@ def export(args) -> None:
         calibration = (read_texts(Path(args.calibration), args.column) if args.calibration
                        else training_sentences(args.calibration_size))
         calibration = [text for text in calibration if text.strip()]
+    scratch = tempfile.TemporaryDirectory(prefix="fincompress-export-")
+    evaluation = None if args.no_eval else evaluation_split(args.eval, source, Path(scratch.name))
     model, tokenizer = load_classifier(str(source.folder), source.labels)
-    with atomic_folder(output, replace=False) as staging:
+    with scratch, atomic_folder(output, replace=False) as staging:
         record = backend.export(model, tokenizer, calibration, staging, source.max_length)
-        write_checkpoint_info(staging, {"stage": "export", "source": str(source.folder),
-                                        "labels": source.labels, "steps": [record],
-                                        "machine": {"cpu": cpu_info().get("model")},
-                                        "source_metrics": source.info.get("metrics")})
+        written = {"stage": "export", "source": str(source.folder), "labels": source.labels,
+                   "steps": [record], "source_metrics": source.info.get("metrics")}
+        write_checkpoint_info(staging, written)  # what the scorer reads (INT8 or not)
+        measured = {} if evaluation is None else validate(source, staging, *evaluation)
+        write_checkpoint_info(staging, {**written, **measured})
     print(f"wrote {output}: {args.format}{' INT8' if args.int8 else ''}, "
           f"{folder_size_bytes(output) / 2**20:.1f} MiB (source "
           f"{folder_size_bytes(source.folder) / 2**20:.1f} MiB)")
+    if measured:
+        print(validation_line(measured))
+
+
+def evaluation_split(path: str | None, source, scratch: Path) -> tuple[Path, str]:
+    """The labelled sentences an export is scored on, and what they are: ``--eval FILE`` (CSV
+    with ``text`` and ``label`` columns), else the test split saved beside the source model (a
+    run folder's ``split/test.csv``), else the PhraseBank test split from the data folder when
+    the source records that same split (or records none), written to ``scratch``."""
+    from fincompress.data.phrasebank import read_split_file
+
+    if path is not None:
+        read_split_file(path)  # a clear error now, not after the export
+        return Path(path), f"{path} (--eval)"
+    beside = source.folder.parent / "split" / "test.csv"
+    if beside.is_file():
+        return beside, f"the source's test split ({beside})"
+    from fincompress.data.datamodule import phrasebank_split
+
+    cfg = compose_config(data_overrides())
+    try:
+        split = phrasebank_split(cfg)
+    except FileNotFoundError as error:
+        raise InputError(f"no test split to score the export on ({error}): give --eval FILE (a "
+                         "CSV with text and label columns), set FINCOMPRESS_DATA to the data "
+                         "folder (it holds financial_phrasebank/), or --no-eval") from None
+    recorded = source.info.get("split_hash")
+    if recorded and recorded != split.info["split_hash"]:
+        raise InputError(f"{source.folder} was trained on another PhraseBank split (hash "
+                         f"{recorded}, the data folder's is {split.info['split_hash']}): its "
+                         "test sentences may have been trained on; give --eval FILE or --no-eval")
+    from fincompress.data.phrasebank import write_splits
+
+    write_splits({"test": split.splits["test"]}, scratch)
+    note = "" if recorded else "; the source records no split, so some may have been trained on"
+    return scratch / "test.csv", f"the PhraseBank test split of the data folder{note}"
+
+
+def validate(source, artifact: Path, split_file: Path, described: str) -> dict:
+    """The artifact and its source scored and timed side by side on ``split_file`` on this
+    machine: what ``checkpoint_info.json`` records of an export."""
+    from fincompress.hardware import cpu_info
+    from fincompress.scoring import score
+
+    print(f"scoring the export beside its source on {described}", flush=True)
+    rows = score({"source": source.folder, "export": artifact}, source.labels, split_file,
+                 repeats=3)["models"]
+    keys = ("acc", "f1_macro", *[f"f1_{label}" for label in source.labels])
+    return {
+        "precision": "int8" if rows[1]["precision"] == "i8" else rows[1]["precision"],
+        "metrics": {f"test/{key}": rows[1][key] for key in keys},
+        "metrics_of_source_here": {f"test/{key}": rows[0][key] for key in keys},
+        "agreement_with_source": rows[1]["agreement_with_teacher"],
+        "evaluated_on": {"file": str(split_file), "what": described,
+                         "sentences": len(rows[1]["predictions"])},
+        "throughput_batch32": {"export": rows[1]["throughput_sorted"],
+                               "source_fp32": rows[0]["throughput_sorted"]},
+        "machine": {**cpu_info(), "engine": rows[1]["engine"],
+                    "precision": (f"int8 (float parts {rows[1]['inference_precision']})"
+                                  if rows[1]["precision"] == "i8" else rows[1]["precision"])},
+    }
+
+
+def validation_line(measured: dict) -> str:
+    metrics, here = measured["metrics"], measured["metrics_of_source_here"]
+    speed = measured["throughput_batch32"]
+    return (f"validated on {measured['evaluated_on']['sentences']} sentences "
+            f"({measured['evaluated_on']['what']}): macro-F1 {metrics['test/f1_macro']:.4f} "
+            f"(source {here['test/f1_macro']:.4f}), label agreement with the source "
+            f"{measured['agreement_with_source']:.1%}, {speed['export']:,.0f} sentences/s at "
+            f"batch 32 against the source's {speed['source_fp32']:,.0f} in fp32 "
+            f"({speed['export'] / speed['source_fp32']:.1f}x) on {measured['machine']['cpu']}")
+
+
+def data_overrides() -> list[str]:
+    """Where the data folder is when ``FINCOMPRESS_DATA`` is not set and the default
+    (``../shared/data`` from the working directory) is not there: beside this checkout, so that
+    the commands work from any directory."""
+    import fincompress
+
+    if os.environ.get("FINCOMPRESS_DATA") or Path("../shared/data").is_dir():
+        return []
+    beside = Path(fincompress.__file__).resolve().parents[2] / "shared" / "data"
+    return [f"paths.data_dir={beside}"] if beside.is_dir() else []
 
 
 def training_sentences(count: int) -> list[str]:
     """The PhraseBank training split (never val or test), shuffled as PTQ calibrates, from the
-    data directory (``FINCOMPRESS_DATA``, else ``../shared/data``)."""
+    data directory (``FINCOMPRESS_DATA``, else ``../shared/data``, else the one beside this
+    checkout)."""
     from fincompress.data.datamodule import phrasebank_split
     from fincompress.data.phrasebank import calibration_texts
 
-    cfg = compose_config([])
+    cfg = compose_config(data_overrides())
     try:
         split = phrasebank_split(cfg)
     except FileNotFoundError as error:
@@ -246,6 +336,16 @@ def describe(folder: Path, record: dict, engine: str) -> str:
         shown = ", ".join(f"{k.removeprefix('test/')} {v:.4f}" for k, v in metrics.items()
                           if isinstance(v, (int, float)))
         lines.append(f"test metrics{' (of its source)' if 'metrics' not in record else ''}: {shown}")
+    if record.get("precision"):
+        lines.append(f"precision: {record['precision']}")
+    if record.get("agreement_with_source") is not None:
+        evaluated = record.get("evaluated_on") or {}
+        lines.append(f"label agreement with its source: {record['agreement_with_source']:.1%} of "
+                     f"{evaluated.get('sentences', '?')} sentences ({evaluated.get('what', '?')})")
+    speed = record.get("throughput_batch32") or {}
+    if speed.get("export"):
+        lines.append(f"throughput at batch 32: {speed['export']:,.0f} sentences/s (source in "
+                     f"fp32: {speed['source_fp32']:,.0f}) on the machine below")
     if record.get("best_val_f1_macro") is not None:
         lines.append(f"best validation macro-F1: {record['best_val_f1_macro']:.4f}")
     size = record.get("size_on_disk_bytes")
@@ -257,7 +357,9 @@ def describe(folder: Path, record: dict, engine: str) -> str:
         lines.append("step: " + ", ".join(f"{k} {v}" for k, v in step.items()))
     lines.append("lineage: " + " <- ".join(lineage(folder, record)))
     machine = record.get("machine") or {}
-    if machine:
+    if isinstance(machine, str):  # older artifacts recorded it as text
+        lines.append(f"measured on: {machine}")
+    elif machine:
         lines.append(f"measured on: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, "
                      f"ISA {' '.join(machine.get('isa', [])) or '?'}"
                      + (f", {machine['precision']}" if machine.get("precision") else ""))
@@ -389,6 +491,9 @@ def parser() -> argparse.ArgumentParser:
                    "default: the PhraseBank training split")
     p.add_argument("--column", help="the calibration file's column or field")
     p.add_argument("--calibration-size", type=positive_int, default=300)
+    p.add_argument("--eval", help="labelled sentences to score the export on (CSV: text, label); "
+                   "default: the source's test split")
+    p.add_argument("--no-eval", action="store_true", help="do not score the export")
     p.add_argument("--output", required=True, help="a new folder")
     p.set_defaults(run=export)
 

@@ -8,6 +8,9 @@ flags cannot be read (not Linux on x86), a short matmul probe decides.
 
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` makes PyTorch on an AVX-512 machine behave
 like an AVX2 one; the choice honours both, so the emulation also picks fp32.
+
+Nothing here imports PyTorch until a function needs it: the runtime (an OpenVINO or ONNX
+artifact) reads the CPU through ``cpu_info(with_torch=False)``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import functools
 import logging
 import os
 import platform
+import sys
 import time
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,11 @@ _ONEDNN_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE",
 
 
 @functools.cache
-def cpu_info() -> dict:
-    """CPU model, core count, ISA flags and what PyTorch may use of them."""
+def cpu_info(with_torch: bool = True) -> dict:
+    """CPU model, core count, ISA flags and what PyTorch may use of them. ``with_torch=False``
+    does not import PyTorch: its CPU capability is then the one it would pick (AVX-512 where
+    the CPU has it, unless ``ATEN_CPU_CAPABILITY`` caps it), and its version and thread count
+    are left out."""
     model, flags = platform.processor() or platform.machine(), None
     try:
         with open("/proc/cpuinfo") as f:
@@ -45,16 +50,28 @@ def cpu_info() -> dict:
                     flags = set(value.split())
     except OSError:
         pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        # None: flags unreadable (not Linux, or not x86)
-        "isa": None if flags is None else [flag for flag in ISA_FLAGS if flag in flags],
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "torch": str(torch.__version__),
-    }
+    # None: flags unreadable (not Linux, or not x86)
+    isa = None if flags is None else [flag for flag in ISA_FLAGS if flag in flags]
+    info = {"cpu": model, "cores": os.cpu_count(), "isa": isa,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+    if not with_torch:
+        capped = os.environ.get("ATEN_CPU_CAPABILITY", "").upper()
+        return {**info, "torch_cpu_capability": capped or (
+            "AVX512" if isa and "avx512f" in isa else "AVX2" if isa and "avx2" in isa else "DEFAULT")}
+    import torch
+
+    return {**info, "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": str(torch.__version__)}
+
+
+def default_threads() -> int:
+    """Threads for OpenVINO and ONNX Runtime when none are asked for: PyTorch's count where
+    PyTorch is loaded (so that engines timed side by side use the same), else the CPUs this
+    process may run on."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def native_bf16(info: dict | None = None) -> tuple[bool, str]:
@@ -85,8 +102,10 @@ def resolve_precision(requested: str = "auto") -> tuple[str, str]:
     return ("bf16-mixed" if native else "32-true"), reason
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The dtype inference autocasts to under a Lightning precision (None: plain fp32)."""
+def autocast_dtype(precision: str):
+    """The torch dtype inference autocasts to under a Lightning precision (None: plain fp32)."""
+    import torch
+
     precision = str(precision)
     if precision == "auto":
         precision = resolve_precision("auto")[0]
@@ -96,6 +115,8 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 def matmul_probe(size: int = 512, seconds: float = 0.2) -> tuple[float, float]:
     """GFLOP/s of a ``size`` x ``size`` matmul in fp32 and in bf16, each timed for about
     ``seconds``."""
+    import torch
+
     rates = []
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(size, size).to(dtype)

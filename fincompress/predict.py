@@ -15,17 +15,17 @@ import contextlib
 import json
 from pathlib import Path
 
-import torch
+import numpy as np
 from tqdm.auto import tqdm
 
-from fincompress.data.batching import pad_collate
 from fincompress.errors import NotAModelError
-from fincompress.hardware import autocast_dtype, native_bf16
+from fincompress.hardware import cpu_info, default_threads, native_bf16
 
 
 class Predictor:
     """Texts -> logits for one artifact. Subclasses set ``engine``, ``labels``, ``tokenizer``
-    and ``inference_precision``, and run one padded batch (:meth:`run`)."""
+    and ``inference_precision``, and run one padded batch (:meth:`run`). Batches and logits
+    are numpy arrays, so that an OpenVINO or ONNX artifact runs without PyTorch."""
 
     engine: str
     inference_precision: str
@@ -40,45 +40,97 @@ class Predictor:
         return self.tokenizer.unk_token_id
 
     def logits(self, texts: list[str], batch_size: int = 32, max_length: int = 128,
-               sort: bool = True, description: str | None = None) -> torch.Tensor:
+               sort: bool = True, description: str | None = None) -> np.ndarray:
         """(N, classes) float32, in input order."""
         return self.logits_ids(self.encode(texts, max_length), batch_size, sort,
                                description=description)
 
     def logits_ids(self, input_ids: list[list[int]], batch_size: int = 32, sort: bool = True,
                    description: str | None = None, cls_states: bool = False):
-        """Logits of tokenized sentences, (N, classes) float32 in input order; batches are
-        padded to their own longest sentence, and with ``sort`` formed from sentences of
+        """Logits of tokenized sentences, (N, classes) float32 numpy in input order; batches
+        are padded to their own longest sentence, and with ``sort`` formed from sentences of
         similar length. ``description`` shows a progress bar.
 
         With ``cls_states`` (PyTorch models only) also the [CLS] state of every hidden layer,
-        (N, layers + 1, hidden) float16 (index 0 = embeddings): ``(logits, cls)``."""
-        collate = pad_collate(self.tokenizer.pad_token_id)
+        a (N, layers + 1, hidden) float16 torch tensor (index 0 = embeddings): ``(logits, cls)``."""
         order = list(range(len(input_ids)))
         if sort:  # as the evaluation batches are formed (LengthGroupedBatchSampler)
             order.sort(key=lambda i: len(input_ids[i]))
-        logits = torch.empty(len(input_ids), len(self.labels))
+        logits = np.empty((len(input_ids), len(self.labels)), dtype=np.float32)
         cls = None
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
-            batch = collate([{"input_ids": input_ids[i], "index": i}
-                             for i in order[start:start + batch_size]])
+            index = order[start:start + batch_size]
+            ids, mask = pad_batch([input_ids[i] for i in index], self.tokenizer.pad_token_id)
             if not cls_states:
-                logits[batch["index"]] = self.run(batch["input_ids"], batch["attention_mask"]).float()
+                logits[index] = self.run(ids, mask)
                 continue
-            batch_logits, states = self.run_with_cls(batch["input_ids"], batch["attention_mask"])
-            logits[batch["index"]] = batch_logits.float()
+            batch_logits, states = self.run_with_cls(ids, mask)
+            logits[index] = batch_logits
             if cls is None:
+                import torch
+
                 cls = torch.empty(len(input_ids), *states.shape[1:], dtype=torch.float16)
-            cls[batch["index"]] = states.to(torch.float16)
+            cls[index] = states.to(cls.dtype)
         return (logits, cls) if cls_states else logits
 
-    def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One padded batch, (batch, length) int64 each, to (batch, classes) float32 logits."""
         raise NotImplementedError
 
-    def run_with_cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def run_with_cls(self, input_ids: np.ndarray, attention_mask: np.ndarray):
         raise ValueError(f"{self.engine} artifacts give logits only, not [CLS] states; "
                          "label with the PyTorch model")
+
+
+def pad_batch(input_ids: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the batch's longest sentence, and the attention mask: (batch,
+    length) int64 each."""
+    longest = max(map(len, input_ids))
+    ids = np.full((len(input_ids), longest), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(input_ids), longest), dtype=np.int64)
+    for row, sentence in enumerate(input_ids):
+        ids[row, :len(sentence)] = sentence
+        mask[row, :len(sentence)] = 1
+    return ids, mask
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities of (N, classes) logits, along the last axis."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+class SavedTokenizer:
+    """A saved fast tokenizer (``tokenizer.json``) run by the tokenizers library alone: the ids
+    of transformers' ``AutoTokenizer`` on the same folder (a test checks it on the real
+    tokenizers), without importing transformers, which costs 2 s of every cold start."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise NotAModelError(f"{folder} has no tokenizer.json: export the model again")
+        self.backend = Tokenizer.from_file(str(path))
+        self.backend.no_padding()
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        self.pad_token_id = self.token_id(config.get("pad_token")) or 0
+        self.unk_token_id = self.token_id(config.get("unk_token"))
+
+    def token_id(self, token) -> int | None:
+        if isinstance(token, dict):  # an AddedToken as older transformers saved it
+            token = token.get("content")
+        return None if token is None else self.backend.token_to_id(token)
+
+    def __call__(self, texts: list[str], truncation: bool = False,
+                 max_length: int | None = None) -> dict:
+        if truncation and max_length:
+            self.backend.enable_truncation(max_length)
+        else:
+            self.backend.no_truncation()
+        return {"input_ids": [encoding.ids for encoding in self.backend.encode_batch(texts)]}
 
 
 class TorchPredictor(Predictor):
@@ -97,24 +149,30 @@ class TorchPredictor(Predictor):
             from fincompress.models.sources import load_classifier
 
             model, tokenizer = load_classifier(str(folder), self.labels)
+        from fincompress.hardware import autocast_dtype
+
         self.model, self.tokenizer = model.eval(), tokenizer
         self.dtype = autocast_dtype(precision)
         self.inference_precision = "bf16" if self.dtype else "f32"
 
-    def autocast(self):
-        return torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, **options):
+        import torch
 
-    @torch.no_grad()
+        autocast = (torch.autocast("cpu", dtype=self.dtype) if self.dtype
+                    else contextlib.nullcontext())
+        with torch.no_grad(), autocast:
+            return self.model(input_ids=torch.from_numpy(input_ids),
+                              attention_mask=torch.from_numpy(attention_mask), **options)
+
     def run(self, input_ids, attention_mask):
-        with self.autocast():
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return self.forward(input_ids, attention_mask).logits.float().numpy()
 
-    @torch.no_grad()
     def run_with_cls(self, input_ids, attention_mask):
-        with self.autocast():
-            output = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                                output_hidden_states=True)
-        return output.logits, torch.stack([h[:, 0] for h in output.hidden_states], dim=1)
+        import torch
+
+        output = self.forward(input_ids, attention_mask, output_hidden_states=True)
+        return (output.logits.float().numpy(),
+                torch.stack([h[:, 0] for h in output.hidden_states], dim=1))
 
 
 class OpenVINOPredictor(Predictor):
@@ -124,13 +182,12 @@ class OpenVINOPredictor(Predictor):
 
     def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
         import openvino as ov
-        from transformers import AutoTokenizer
 
         self.folder = Path(folder)
         self.labels = list(labels)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        config = {"INFERENCE_NUM_THREADS": threads or torch.get_num_threads()}
-        if not native_bf16()[0]:
+        self.tokenizer = SavedTokenizer(self.folder)
+        config = {"INFERENCE_NUM_THREADS": threads or default_threads()}
+        if not native_bf16(cpu_info(with_torch=False))[0]:
             # OpenVINO runs the layers INT8 leaves in float in bf16 wherever the CPU flags allow;
             # the same rule as PyTorch's: fp32 unless bf16 is native (and not capped by
             # ONEDNN_MAX_CPU_ISA, under which OpenVINO finds no bf16 kernels and fails)
@@ -139,8 +196,7 @@ class OpenVINOPredictor(Predictor):
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def run(self, input_ids, attention_mask):
-        return torch.from_numpy(self.compiled({"input_ids": input_ids.numpy(),
-                                               "attention_mask": attention_mask.numpy()})[0])
+        return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
 class ONNXRuntimePredictor(Predictor):
@@ -151,19 +207,17 @@ class ONNXRuntimePredictor(Predictor):
 
     def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
         import onnxruntime
-        from transformers import AutoTokenizer
 
         self.folder = Path(folder)
         self.labels = list(labels)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = SavedTokenizer(self.folder)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or default_threads()
         self.session = onnxruntime.InferenceSession(str(self.folder / "model.onnx"), options,
                                                     providers=["CPUExecutionProvider"])
 
     def run(self, input_ids, attention_mask):
-        return torch.from_numpy(self.session.run(None, {"input_ids": input_ids.numpy(),
-                                                        "attention_mask": attention_mask.numpy()})[0])
+        return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
 class StaticPredictor(Predictor):
@@ -180,7 +234,7 @@ class StaticPredictor(Predictor):
     inference_precision = "f32"
 
     def __init__(self, folder: str | Path, labels: list[str]):
-        import numpy as np
+        import torch
         from model2vec.inference import StaticModelPipeline
 
         self.folder = Path(folder)
@@ -221,13 +275,16 @@ class StaticPredictor(Predictor):
                    description: str | None = None, cls_states: bool = False):
         if cls_states:
             return self.run_with_cls(None, None)
-        logits = torch.empty(len(input_ids), len(self.labels))
+        logits = np.empty((len(input_ids), len(self.labels)), dtype=np.float32)
         starts = range(0, len(input_ids), batch_size)
         for start in tqdm(starts, desc=description, disable=description is None, unit="batch"):
-            logits[start:start + batch_size] = self.run_ids(input_ids[start:start + batch_size])
+            logits[start:start + batch_size] = self.run_ids(input_ids[start:start + batch_size]).numpy()
         return logits
 
-    def run_ids(self, batch: list[list[int]]) -> torch.Tensor:
+    def run_ids(self, batch: list[list[int]]):
+        """(batch, classes) float32 torch logits of a batch of token ids."""
+        import torch
+
         flat = torch.tensor([i for ids in batch for i in ids], dtype=torch.long)
         lengths = torch.tensor([len(ids) for ids in batch], dtype=torch.float32)
         offsets = torch.cumsum(torch.tensor([0, *map(len, batch[:-1])]), 0)
@@ -280,7 +337,7 @@ def check_model_files(folder: Path) -> None:
                                  "damaged: copy or export it again") from None
     for path in sorted(folder.glob("*.safetensors")):
         try:
-            with safe_open(str(path), "pt"):
+            with safe_open(str(path), "numpy"):
                 pass
         except Exception as error:  # safetensors' own error type is not importable by name
             raise NotAModelError(f"{path}: not a complete safetensors file ({error}); the model "

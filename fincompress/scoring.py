@@ -36,7 +36,7 @@ from fincompress.files import folder_size_bytes
 from fincompress.hardware import native_bf16
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import count_parameters
-from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, holds_int8, load
+from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, holds_int8, load, softmax
 
 
 def peak_rates(n: int = 1024, repeats: int = 10) -> dict[str, float]:
@@ -137,7 +137,8 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
     predictors = {name: load(folder, labels, run_precision)
                   for name, (folder, run_precision) in runs.items()}
     encoded = {name: p.encode(texts) for name, p in predictors.items()}
-    logits = {name: p.logits_ids(encoded[name], score_batch_size) for name, p in predictors.items()}
+    logits = {name: torch.from_numpy(p.logits_ids(encoded[name], score_batch_size))
+              for name, p in predictors.items()}
     singles = list(range(min(latency_sentences, len(texts))))
     model_ms = {name: [] for name in predictors}
     e2e_ms = {name: [] for name in predictors}
@@ -153,7 +154,7 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
                 p.logits_ids([encoded[name][i]], batch_size=1)
                 model_ms[name].append(1000 * (time.perf_counter() - clock))
                 clock = time.perf_counter()
-                p.logits([texts[i]], batch_size=1).softmax(-1)
+                softmax(p.logits([texts[i]], batch_size=1))
                 e2e_ms[name].append(1000 * (time.perf_counter() - clock))
         for name, p in predictors.items():
             for sort, seconds in ((True, sorted_s), *(((False, unsorted_s),) if unsorted else ())):

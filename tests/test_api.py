@@ -6,6 +6,7 @@ import torch
 import fincompress
 from fincompress.api import NotAModelError
 from fincompress.predict import load as load_predictor
+from fincompress.predict import softmax
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["Sales rose .", "Operating profit fell to EUR 3.1 mn from EUR 5.2 mn a year earlier .",
@@ -16,7 +17,7 @@ def test_predict_gives_labels_and_probabilities_equal_to_the_predictor(tiny_clas
     model = fincompress.load(tiny_classifier.parent, threads=1, precision="32-true")  # the run folder
     assert model.folder == tiny_classifier and model.engine == "torch" and model.labels == LABELS
     answers = model.predict(TEXTS)
-    expected = load_predictor(tiny_classifier, LABELS, "32-true").logits(TEXTS).softmax(-1)
+    expected = softmax(load_predictor(tiny_classifier, LABELS, "32-true").logits(TEXTS))
     for answer, row in zip(answers, expected):
         assert answer["label"] == LABELS[int(row.argmax())]
         assert list(answer["probabilities"]) == LABELS

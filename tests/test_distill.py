@@ -59,6 +59,7 @@ def test_one_training_step_of_every_method(method, tiny_pair, tmp_path):
              "The company is based in Espoo , Finland ."]
     predictor = TorchPredictor(None, LABELS, "32-true", teacher, tokenizer)
     teacher_logits, cls = predictor.logits_ids(predictor.encode(texts), cls_states=True)
+    teacher_logits = torch.from_numpy(teacher_logits)
     batch = dict(tokenizer(texts, return_tensors="pt", padding=True))
     batch.pop("token_type_ids", None)
     batch.update(labels=teacher_logits.argmax(-1), teacher_logits=teacher_logits,
@@ -139,8 +140,8 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
     reloaded, tokenizer = load_classifier(str(student), LABELS)
     assert reloaded.config.num_hidden_layers == 2
     teacher_logits = load_predictor(saved["teacher_dir"], LABELS, precision).logits(texts, 64)
-    scores = diagnostics(load_predictor(student, LABELS, precision).logits(texts, 64), gold,
-                         LABELS, teacher_logits)
+    scores = diagnostics(torch.from_numpy(load_predictor(student, LABELS, precision).logits(texts, 64)),
+                         gold, LABELS, torch.from_numpy(teacher_logits))
     for key in ("acc", "f1_macro", "agreement_with_teacher"):
         assert scores[key] == pytest.approx(saved["student"][key], abs=1e-6), key
     assert scores["kl_teacher_student"] == pytest.approx(saved["student"]["kl_teacher_student"],
@@ -182,7 +183,7 @@ def test_distill_experiment_end_to_end(experiment, distill_run, capsys):
             "seeking_alpha": "seeking_alpha*"}})["seeking_alpha"]
     agree = (load_predictor(student, LABELS, precision).logits(held, 64).argmax(-1)
              == load_predictor(saved["teacher_dir"], LABELS, precision).logits(held, 64).argmax(-1))
-    assert robust["seeking_alpha"]["student"] == pytest.approx(float(agree.float().mean()), abs=0.01)
+    assert robust["seeking_alpha"]["student"] == pytest.approx(float(agree.mean()), abs=0.01)
     if saved["fresh"]:  # the verdict against the converged fresh baseline, printed and saved
         margin = saved["student"]["f1_macro"] - saved["fresh"]["f1_macro"]
         assert saved["verdict"]["beats_on_test"] == (margin > 0)
@@ -293,7 +294,7 @@ def test_a_grown_corpus_labels_only_its_new_sentences(teacher_dir, tmp_path, mon
     assert torch.equal(second.logits[1:], first.logits[[1, 0, 1]])
     assert torch.equal(second.cls[1:], first.cls[[1, 0, 1]])
     fresh = load_predictor(teacher_dir, LABELS, "32-true").logits(["Orders doubled ."])
-    assert torch.allclose(second.logits[0], fresh[0], atol=1e-2)
+    assert torch.allclose(second.logits[0], torch.from_numpy(fresh[0]), atol=1e-2)
     report = json.loads((second.folder / "report.json").read_text())
     assert report["copied_from_earlier_caches"] == 3 and report["sentences"] == 4
 

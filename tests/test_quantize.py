@@ -61,9 +61,9 @@ def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
     backend(int8=False).export(model, tokenizer, [], tmp_path / "fp32")
     model.save_pretrained(tmp_path / "torch")
     tokenizer.save_pretrained(tmp_path / "torch")
-    reference = TorchPredictor(tmp_path / "torch", labels, "32-true").logits(texts)
-    fp32 = load(tmp_path / "fp32", labels).logits(texts)
-    int8 = load(tmp_path / "int8", labels).logits(texts)
+    reference = torch.from_numpy(TorchPredictor(tmp_path / "torch", labels, "32-true").logits(texts))
+    fp32 = torch.from_numpy(load(tmp_path / "fp32", labels).logits(texts))
+    int8 = torch.from_numpy(load(tmp_path / "int8", labels).logits(texts))
     torch.testing.assert_close(fp32, reference, atol=1e-3, rtol=1e-3)  # same model, other engine
     assert (int8.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
     assert not torch.allclose(int8, reference, atol=1e-5)  # it is quantized

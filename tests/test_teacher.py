@@ -39,7 +39,7 @@ def test_teacher_experiment_runs_and_its_model_reloads(tmp_path, data_dir):
     gold = torch.tensor([cfg.data.labels.index(row.label) for row in test_rows])
     logits = load_predictor(run / "model", list(cfg.data.labels),
                             saved["machine"]["precision"]).logits([row.text for row in test_rows])
-    scores = diagnostics(logits, gold, list(cfg.data.labels))
+    scores = diagnostics(torch.from_numpy(logits), gold, list(cfg.data.labels))
     assert scores["acc"] == pytest.approx(saved["metrics"]["test/acc"], abs=1e-6)
     assert scores["f1_macro"] == pytest.approx(saved["metrics"]["test/f1_macro"], abs=1e-6)
     assert scores["confusion_matrix"] == saved["confusion_matrix"]

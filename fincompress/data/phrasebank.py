@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from fincompress.errors import InputError
+from fincompress.errors import InputError, read_utf8
 
 LABELS = ("negative", "neutral", "positive")
 AGREEMENT_FILES = {"50": "50Agree", "66": "66Agree", "75": "75Agree", "all": "AllAgree"}
@@ -210,9 +210,18 @@ def write_splits(splits: dict[str, list[Sentence]], folder: str | Path) -> Path:
 
 
 def read_split_file(path: str | Path) -> list[Sentence]:
-    """Read a split written by :func:`write_splits`, e.g. to score an outside model."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [Sentence(r["id"], r["text"], r["label"]) for r in csv.DictReader(f)]
+    """Read a split written by :func:`write_splits`, or any CSV with ``text`` and ``label``
+    columns (``id`` optional: the row number), e.g. to score an outside model."""
+    path = Path(path)
+    if not path.is_file():
+        raise PhraseBankFormatError(f"{path}: no such file")
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    missing = [name for name in ("text", "label") if name not in (reader.fieldnames or [])]
+    if missing:
+        raise PhraseBankFormatError(f"{path}: no {' or '.join(missing)} column; columns: "
+                                    f"{', '.join(reader.fieldnames or []) or 'none'}")
+    rows = [Sentence(r.get("id") or str(number), r["text"] or "", r["label"])
+            for number, r in enumerate(reader, 1)]
     unknown = Counter(r.label for r in rows if r.label not in LABELS)
     if unknown:
         raise PhraseBankFormatError(f"{path}: unknown labels {dict(unknown)}")

@@ -219,7 +219,7 @@ def robustness(cfg: DictConfig, teacher_dir: Path, models: dict[str, Path]) -> d
                                precision=cfg.trainer.precision).hard_labels
         result[group] = {"sentences": len(texts)}
         for name, predictor in predictors.items():
-            predicted = predictor.logits(texts, SCORE_BATCH, cfg.news.max_length).argmax(-1)
+            predicted = torch.from_numpy(predictor.logits(texts, SCORE_BATCH, cfg.news.max_length).argmax(-1))
             result[group][name] = round(float((predicted == teacher).float().mean()), 4)
     return result
 
@@ -321,7 +321,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
             "news_sentences": news_sentences,
             "best_val_f1_macro": best_score(trainer),
             "split_hash": phrasebank.info["split_hash"],
-            "machine": cfg.machine,
+            "machine": choose_precision(cfg),
             "config": OmegaConf.to_container(cfg, resolve=True),
         })
 
@@ -355,7 +355,7 @@ def label_news(cfg: DictConfig, teacher_dir: Path, split, news, teacher: tuple,
                                         cfg.seed)
         phrasebank_split(cfg, scratch / "split")
         labeller = partial(fastest_faithful_teacher, cfg, teacher_dir, calibration,
-                           scratch / "split" / "val.csv", cfg.machine)
+                           scratch / "split" / "val.csv", choose_precision(cfg))
     return pseudo_label(teacher_dir, news.corpus, cfg.paths.output_root, list(cfg.data.labels),
                         cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
                         input_ids=news.dataset.input_ids, teacher=teacher,

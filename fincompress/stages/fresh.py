@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from fincompress.artifacts import save_model_folder
 from fincompress.data.datamodule import data_settings
 from fincompress.store import ensure_stage, folder_fingerprint
-from fincompress.training import finetune, trainer_settings
+from fincompress.training import choose_precision, finetune, trainer_settings
 
 
 def fresh_inputs(cfg: DictConfig, teacher_dir: Path) -> dict:
@@ -39,7 +39,7 @@ def ensure_fresh_baseline(cfg: DictConfig, teacher_dir: Path) -> Path:
                             cfg.distill.fresh.patience, cfg.distill.fresh.lr)
         save_model_folder(model, tokenizer, staging / "model", {
             "stage": "fresh_baseline", "student": cfg.student.name, "teacher": str(teacher_dir),
-            "best_val_f1_macro": best_val, "machine": cfg.machine,
+            "best_val_f1_macro": best_val, "machine": choose_precision(cfg),
             "config": OmegaConf.to_container(cfg, resolve=True)})
 
     folder, reused = ensure_stage(cfg.paths.output_root, "fresh", fresh_inputs(cfg, teacher_dir),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,8 +64,8 @@ def run_prune(cfg: DictConfig) -> dict:
     def source_logits():
         if not cached:
             texts = [row.text for row in phrasebank.splits["train"]]
-            cached.append(load_predictor(source_dir, labels, cfg.trainer.precision).logits(
-                texts, batch_size=64, description="source logits on the training split"))
+            cached.append(torch.from_numpy(load_predictor(source_dir, labels, cfg.trainer.precision).logits(
+                texts, batch_size=64, description="source logits on the training split")))
         return cached[0]
 
     heads_total = source.config.num_hidden_layers * source.config.num_attention_heads

@@ -130,6 +130,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
                 new_logits = predictor.logits_ids(ids, batch_size,
                                                   description=f"pseudo-labelling news ({form})")
                 new_cls = torch.empty(len(ids), 0, 0, dtype=torch.float16)
+            new_logits = torch.from_numpy(new_logits)
             seconds = time.perf_counter() - clock
             speed.update(labelled=len(ids), labelling_s=round(seconds, 1),
                          labelling_sentences_per_s=round(len(ids) / seconds, 1))

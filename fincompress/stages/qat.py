@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -65,8 +66,8 @@ def run_qat(cfg: DictConfig) -> dict:
 
     def build(staging: Path) -> None:
         texts = [row.text for row in phrasebank.splits["train"]]
-        logits = load_predictor(teacher_dir, labels, cfg.trainer.precision).logits(
-            texts, batch_size=64, description="teacher logits on the training split")
+        logits = torch.from_numpy(load_predictor(teacher_dir, labels, cfg.trainer.precision).logits(
+            texts, batch_size=64, description="teacher logits on the training split"))
         model, _ = load_classifier(str(source_dir), labels)
         model, record = prepare(model, tokenizer, calibration, cfg.data.max_length,
                                 cfg.qat.overflow_fix)
