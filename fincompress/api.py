@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from fincompress.errors import NotAModelError
+from fincompress.errors import InputError, NotAModelError
 from fincompress.predict import holds_int8, softmax
 from fincompress.predict import load as load_predictor
 
@@ -45,7 +45,7 @@ class Model:
         self.folder = folder
         try:
             self.predictor = load_predictor(folder, precision=precision, threads=threads)
-        except NotAModelError:
+        except InputError:  # NotAModelError, a missing engine: already named
             raise
         except (OSError, ValueError, KeyError, RuntimeError) as error:  # what the engines raise
             raise NotAModelError(f"{folder} cannot be opened: {type(error).__name__}: "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fincompress.errors import NotAModelError
+from fincompress.errors import InputError, NotAModelError
 from fincompress.hardware import cpu_info, default_threads, native_bf16
 
 
@@ -311,16 +311,38 @@ def load(path: str | Path, labels: list[str] | None = None, precision: str = "au
     check_model_files(folder)
     labels = labels or recorded_labels(folder)
     if (folder / "head.safetensors").is_file():
+        check_installed(folder, "a model2vec static classifier", "torch", "model2vec", extra="static")
         return StaticPredictor(folder, labels)
     if (folder / "model.xml").is_file():
+        check_installed(folder, "an OpenVINO artifact", "openvino", extra="runtime")
         return OpenVINOPredictor(folder, labels, threads)
     if (folder / "model.onnx").is_file():
+        check_installed(folder, "an ONNX artifact", "onnxruntime", extra="runtime")
         return ONNXRuntimePredictor(folder, labels, threads)
     if (folder / "config.json").is_file():
+        check_installed(folder, "a PyTorch model folder", "torch", "transformers", extra="train")
         return TorchPredictor(folder, labels, precision)
     raise NotAModelError(f"{folder} holds no model: expected model.xml (an OpenVINO IR), "
                          "model.onnx (ONNX), head.safetensors (a model2vec classifier) or "
                          "config.json (a Hugging Face folder)")
+
+
+def check_installed(folder: Path, what: str, *modules: str, extra: str) -> None:
+    """A named error, not a traceback, when running ``folder`` needs a package that is not
+    installed (the runtime extra has no PyTorch)."""
+    import importlib.util
+
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(module)
+    if missing:
+        raise InputError(f"{folder} is {what}; running it needs {' and '.join(missing)}, which "
+                         f"is not installed: pip install 'fincompress[{extra}]'")
 
 
 def check_model_files(folder: Path) -> None:

@@ -3,7 +3,6 @@ ONNX artifact, need neither PyTorch nor transformers nor the training stack; the
 runtime uses gives transformers' ids; an export scores itself and records what it measured."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -90,7 +89,7 @@ def test_an_int8_artifact_predicts_and_describes_itself_without_the_training_sta
 def test_an_export_records_what_it_measured_and_info_shows_it(int8_artifacts, tiny_classifier):
     from fincompress.cli import describe
 
-    for fmt, folder in int8_artifacts.items():
+    for folder in int8_artifacts.values():
         record = json.loads((folder / "checkpoint_info.json").read_text())
         assert record["precision"] == "int8" and record["evaluated_on"]["sentences"] == 339
         # the source records no split: said so, not hidden
@@ -165,3 +164,11 @@ def test_the_runtime_tokenizer_gives_transformers_ids_mpnet(tmp_path):
 
     saved_tokenizer_matches(load_tokenizer("bundled:mpnet-base"), tmp_path)
 
+
+
+def test_a_pytorch_folder_without_pytorch_installed_names_the_extra(tiny_classifier):
+    done = run_without_training_stack(
+        f"from fincompress.cli import main\nmain(['predict', {str(tiny_classifier)!r}, 'x'])\n")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is a PyTorch model folder; running it needs torch and transformers" in done.stderr
+    assert "pip install 'fincompress[train]'" in done.stderr
