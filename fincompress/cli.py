@@ -429,10 +429,19 @@ def serve(args) -> None:
                      read_timeout_s=args.read_timeout_s, api_key=args.api_key)
     model = app.state.batcher.model
     print(f"fincompress serve: http://{args.host}:{args.port} (POST /predict, GET /health, "
-          f"/ready, /docs); model {model.folder} ({model.engine}, {model.precision}); batches of "
+          f"/ready, /metrics, /docs); model {model.folder} ({model.engine}, {model.precision}); batches of "
           f"up to {args.max_batch} texts within {args.max_wait_ms} ms; "
-          f"{'API key required' if app.state.api_key_required else 'no API key'}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+          f"{'API key required' if app.state.api_key_required else 'no API key'}; "
+          f"{'no access log' if args.no_access_log else 'access log on stderr'}", flush=True)
+    if not args.no_access_log:
+        import logging
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access = logging.getLogger("fincompress.access")
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 
 def demo(args) -> None:
@@ -510,7 +519,7 @@ def parser() -> argparse.ArgumentParser:
                    help="also time the published architectures (ALBERT-base, FinBERT)")
     p.set_defaults(run=bench)
 
-    p = add("serve", help="the HTTP service (POST /predict, GET /health, /docs)")
+    p = add("serve", help="the HTTP service (POST /predict, GET /health, /ready, /metrics, /docs)")
     p.add_argument("model")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000)
@@ -527,7 +536,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require this key on every route but /health (default: "
                    "the FINCOMPRESS_API_KEY environment variable; none: open)")
     p.add_argument("--threads", type=positive_int)
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", help="uvicorn's own log level")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="do not log each request (method, path, status, ms, texts)")
     p.set_defaults(run=serve)
 
     p = add("demo", help="the web demo: teacher and student side by side")

@@ -4,7 +4,14 @@
   one answer per text exactly as :meth:`fincompress.api.Model.predict` gives it;
 - ``GET /health``: the model, engine, precision and batching settings;
 - ``GET /ready``: 200 once the model is loaded and the batching loop runs, else 503;
-- ``GET /docs``: the OpenAPI page (``/openapi.json``).
+- ``GET /metrics``: Prometheus metrics (requests by route and status, latency, model-call
+  batch sizes, texts, queued texts);
+- ``GET /docs`` (Swagger UI) and ``/redoc``: the OpenAPI description (``/openapi.json``),
+  with typed answers and every error status documented; their files are served by the service
+  itself (fastapi-offline), so the pages work offline.
+
+Every request is logged as one access line (logger ``fincompress.access``): method, path,
+status, milliseconds, and for ``/predict`` the number of texts.
 
 Concurrent requests are batched: the first waiting request opens a batch, which takes the
 requests that arrive within ``max_wait_ms`` until it holds ``max_batch`` texts, and runs as one
@@ -20,7 +27,9 @@ hears of it. Limits, with the status they answer:
 - 503 with ``Retry-After`` when ``max_queue`` texts already wait for the model (the queue is
   bounded, so a burst cannot grow memory without limit);
 - 401 without the API key, where one is set (``api_key``, or ``FINCOMPRESS_API_KEY``): sent as
-  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; ``/health`` and ``/ready`` stay open.
+  ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``; ``/health``, ``/ready``, ``/metrics``
+  and the docs pages stay open (they hold no predictions, and a browser, a load balancer or a
+  Prometheus scraper fetches them without headers).
 
 Empty texts, texts that are not valid Unicode (lone surrogates) and over-long texts get the
 documented answers of the Python API, not errors. The service binds to 127.0.0.1 unless told
@@ -31,16 +40,100 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
 
 import fincompress
 from fincompress.errors import InputError
+
+access_log = logging.getLogger("fincompress.access")
+# no API key needed: no predictions in them, and fetched without headers
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+              "/openapi.json")
+DOCS_FILES = "/static-offline-docs"  # where fastapi-offline serves Swagger UI's and ReDoc's files
+
+
+class Prediction(BaseModel):
+    label: str | None = Field(description="the most probable label; null for a text no model "
+                                          "can score (empty, or not valid Unicode)")
+    probabilities: dict[str, float] | None = Field(description="label -> probability")
+    tokens: int = Field(description="tokens scored, special tokens included")
+    truncated: bool = Field(description="whether the text was cut to the model's maximum length")
+    warning: str | None = Field(None, description="present when the answer needs a caveat")
+
+
+class Predictions(BaseModel):
+    predictions: list[Prediction] = Field(description="one answer per text, in order")
+
+
+class ErrorAnswer(BaseModel):
+    detail: str = Field(description="what was wrong, naming the value")
+
+
+class Health(BaseModel):
+    status: str
+    model: str
+    engine: str
+    precision: str
+    labels: list[str]
+    max_batch: int
+    max_wait_ms: float
+    max_texts: int
+    max_body_bytes: int
+    max_queue: int
+    queued_texts: int
+    model_calls: int
+    rejected_busy: int
+    api_key_required: bool
+
+
+def error_answers(*statuses: int) -> dict:
+    """OpenAPI entries for the error statuses a route answers."""
+    meaning = {
+        400: "the body is not UTF-8 JSON, is nested too deeply, or holds a number too long",
+        401: "the API key is missing or wrong (where the service requires one)",
+        408: "the body took longer than read_timeout_s to arrive",
+        413: "the body is over max_body_bytes, or holds more than max_texts texts",
+        422: "the JSON is not a non-empty list of strings (the bad item is named)",
+        503: "max_queue texts already wait for the model (retry after Retry-After seconds), or "
+             "the service is not ready",
+    }
+    return {status: {"model": ErrorAnswer, "description": meaning[status]} for status in statuses}
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (one per app, so that apps
+    in one process never share counts)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fincompress_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("fincompress_request_seconds", "request latency by route",
+                                 ["route"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.batch_texts = Histogram("fincompress_batch_texts", "texts per model call",
+                                     registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+        self.texts = Counter("fincompress_texts", "texts answered", registry=self.registry)
+        self.queued = Gauge("fincompress_queued_texts", "texts waiting for the model",
+                            registry=self.registry)
+
+    def exposition(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 REQUEST_SCHEMA = {
     "required": True,
@@ -66,8 +159,10 @@ class Batcher:
     """Gathers concurrent requests' texts into model calls of up to ``max_batch`` texts; at
     most ``max_queue`` texts wait (more is a 503)."""
 
-    def __init__(self, model, max_batch: int, max_wait_ms: float, max_queue: int):
+    def __init__(self, model, max_batch: int, max_wait_ms: float, max_queue: int,
+                 metrics: Metrics | None = None):
         self.model = model
+        self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
@@ -112,6 +207,7 @@ class Batcher:
                 await self.run_alone(waiting)
                 continue
             self.calls += 1
+            self.observe(len(texts))
             start = 0
             for request, future in waiting:
                 if not future.done():  # a client that went away has a cancelled future
@@ -129,8 +225,14 @@ class Batcher:
                         422, f"the model cannot take these texts: {type(error).__name__}: {error}"))
                 continue
             self.calls += 1
+            self.observe(len(request))
             if not future.done():
                 future.set_result(answers)
+
+    def observe(self, texts: int) -> None:
+        if self.metrics:
+            self.metrics.batch_texts.observe(texts)
+            self.metrics.texts.inc(texts)
 
 
 def parse_texts(body: bytes, max_texts: int) -> list[str]:
@@ -176,7 +278,8 @@ def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_te
         raise InputError(f"max_queue ({max_queue}) must hold one request of max_texts ({max_texts})")
     api_key = api_key or os.environ.get("FINCOMPRESS_API_KEY") or None
     model = fincompress.load(model_path, threads=threads)
-    batcher = Batcher(model, max_batch, max_wait_ms, max_queue)
+    metrics = Metrics()
+    batcher = Batcher(model, max_batch, max_wait_ms, max_queue, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -185,40 +288,64 @@ def create_app(model_path, max_batch: int = 16, max_wait_ms: float = 5.0, max_te
         batcher.task.cancel()
         batcher.executor.shutdown(wait=False)
 
-    app = FastAPI(title="fincompress", lifespan=lifespan,
-                  description="Financial sentiment from a compressed model: "
-                              f"{model.folder} ({model.engine}, {model.precision}).")
+    # FastAPI's own /docs loads Swagger UI from a CDN: a blank page offline
+    app = FastAPIOffline(title="fincompress", lifespan=lifespan, static_url=DOCS_FILES,
+                         description="Financial sentiment from a compressed model: "
+                                     f"{model.folder} ({model.engine}, {model.precision}).")
     app.state.batcher = batcher
+    app.state.metrics = metrics
     app.state.api_key_required = bool(api_key)
-
     @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if api_key and request.url.path not in ("/health", "/ready"):
+    async def require_key_and_log(request: Request, call_next):
+        started = time.perf_counter()
+        path = request.url.path
+        if api_key and path not in OPEN_PATHS and not path.startswith(DOCS_FILES + "/"):
             given = request.headers.get("x-api-key") or \
                 request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not secrets.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "this service needs its API key: send 'Authorization: Bearer "
-                                   "KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+                response = _error(401, "this service needs its API key: send 'Authorization: "
+                                       "Bearer KEY' or 'X-API-Key: KEY'", {"WWW-Authenticate": "Bearer"})
+                return record(request, response, started)
+        return record(request, await call_next(request), started)
 
-    @app.post("/predict", openapi_extra={"requestBody": REQUEST_SCHEMA})
+    def record(request: Request, response: Response, started: float) -> Response:
+        seconds = time.perf_counter() - started
+        route = request.url.path if request.url.path in (*OPEN_PATHS, "/predict") else "other"
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        metrics.queued.set(batcher.waiting_texts)
+        texts = getattr(request.state, "texts", None)
+        access_log.info("%s %s %s %d %.1f ms%s", request.client.host if request.client else "-",
+                        request.method, request.url.path, response.status_code, 1000 * seconds,
+                        f" {texts} texts" if texts is not None else "")
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        """Prometheus text exposition."""
+        return metrics.exposition()
+
+    @app.post("/predict", openapi_extra={"requestBody": REQUEST_SCHEMA},
+              responses={200: {"model": Predictions}, **error_answers(400, 401, 408, 413, 422, 503)})
     async def predict(request: Request):
         """One answer per text: label, probabilities, tokens scored, truncated, warning."""
         try:
             body = await read_body(request, max_body_bytes, read_timeout_s)
             texts = parse_texts(body, max_texts)
+            request.state.texts = len(texts)
             return {"predictions": await batcher.predict(texts)}
         except RequestError as error:
             return _error(error.status, str(error), error.headers)
 
-    @app.get("/ready")
+    @app.get("/ready", responses={200: {"content": {"application/json": {"example": {"ready": True}}}},
+                                  **error_answers(503)})
     async def ready():
         """200 once the model is loaded and the batching loop runs (a load balancer's check)."""
         if batcher.task is None or batcher.task.done():
             return _error(503, "the batching loop is not running")
         return {"ready": True}
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"model": Health}})
     async def health():
         return {"status": "ok", "model": str(model.folder), "engine": model.engine,
                 "precision": model.precision, "labels": model.labels, "max_batch": max_batch,

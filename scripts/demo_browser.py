@@ -1,7 +1,10 @@
 """Drive the web demo in a real headless browser: type a sentence, click Compare, read both
-predictions and save a screenshot.
+predictions and save a screenshot; or, with ``--swagger``, open a running service's ``/docs``
+with every request that leaves the machine refused (as offline) and list the operations the
+page rendered.
 
     python scripts/demo_browser.py http://127.0.0.1:7860 --text "Sales fell 10 %." --screenshot demo.png
+    python scripts/demo_browser.py http://127.0.0.1:8000/docs --swagger --screenshot docs.png
 
 Uses Playwright with Debian's Chromium (``apt install chromium``; ``--browser`` for another
 binary). Prints the two status lines as JSON: {"teacher": "...", "student": "..."}; exits 1 if
@@ -43,6 +46,39 @@ def run(url: str, text: str, screenshot: str, browser_path: str, timeout_s: floa
             browser.close()
 
 
+def swagger(url: str, screenshot: str, browser_path: str, timeout_s: float) -> dict:
+    """The operations (method and path) the service's Swagger UI rendered, and the requests
+    for other hosts that were refused."""
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import sync_playwright
+
+    host = urlparse(url).hostname
+    refused = []
+
+    def offline(route):
+        if urlparse(route.request.url).hostname == host:
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_path, headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.route("**/*", offline)
+            page.goto(url, timeout=timeout_s * 1000)
+            page.locator(".opblock-summary").first.wait_for(timeout=timeout_s * 1000)
+            operations = [block.inner_text().split("\n")[:2]
+                          for block in page.locator(".opblock-summary").all()]
+            page.screenshot(path=screenshot, full_page=True)
+            return {"operations": [" ".join(parts) for parts in operations], "refused": refused}
+        finally:
+            browser.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
@@ -50,9 +86,14 @@ def main() -> None:
     parser.add_argument("--screenshot", default="demo.png")
     parser.add_argument("--browser", default="/usr/bin/chromium")
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--swagger", action="store_true",
+                        help="the URL is a service's /docs: check that it renders offline")
     args = parser.parse_args()
     try:
-        statuses = run(args.url, args.text, args.screenshot, args.browser, args.timeout)
+        if args.swagger:
+            statuses = swagger(args.url, args.screenshot, args.browser, args.timeout)
+        else:
+            statuses = run(args.url, args.text, args.screenshot, args.browser, args.timeout)
     except Exception as error:  # a timeout or a page without the demo's elements
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

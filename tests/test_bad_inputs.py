@@ -357,12 +357,15 @@ def test_a_lone_surrogate_gets_a_documented_answer(client):
     assert second["label"] is not None
 
 
-def test_the_api_key_guards_every_route_but_health(tiny_classifier, monkeypatch):
+def test_the_api_key_guards_predictions_not_health_metrics_or_docs(tiny_classifier, monkeypatch):
     monkeypatch.setenv("FINCOMPRESS_API_KEY", "s3cret")
     with TestClient(create_app(tiny_classifier)) as client:
         assert client.post("/predict", json=["Sales rose ."]).status_code == 401
         assert client.post("/predict", json=["x"], headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.get("/openapi.json").status_code == 401
+        assert client.get("/anything-else").status_code == 401
+        # what a browser, a scraper and a load balancer fetch without headers: no data in them
+        for path in ("/openapi.json", "/docs", "/metrics", "/static-offline-docs/swagger-ui.css"):
+            assert client.get(path).status_code == 200, path
         assert client.post("/predict", json=["Sales rose ."],
                            headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert client.get("/health").json()["api_key_required"] is True

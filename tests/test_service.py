@@ -42,7 +42,46 @@ def test_predict_health_and_openapi(client, tiny_classifier):
     assert health["status"] == "ok" and health["max_batch"] == 8 and health["model_calls"] >= 3
     spec = client.get("/openapi.json").json()
     assert "/predict" in spec["paths"] and "requestBody" in spec["paths"]["/predict"]["post"]
-    assert client.get("/docs").status_code == 200
+
+
+def test_the_docs_work_offline_with_typed_answers_and_documented_errors(client):
+    page = client.get("/docs").text
+    assert "cdn" not in page.lower()  # Swagger UI came from a CDN: a blank page offline
+    for asset in ("/static-offline-docs/swagger-ui-bundle.js", "/static-offline-docs/swagger-ui.css"):
+        assert asset in page
+        answer = client.get(asset)
+        assert answer.status_code == 200 and len(answer.content) > 100_000
+    spec = client.get("/openapi.json").json()
+    answers = spec["paths"]["/predict"]["post"]["responses"]
+    assert set(answers) == {"200", "400", "401", "408", "413", "422", "503"}
+    assert answers["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Predictions")
+    prediction = spec["components"]["schemas"]["Prediction"]["properties"]
+    assert set(prediction) == {"label", "probabilities", "tokens", "truncated", "warning"}
+    assert "max_body_bytes" in answers["413"]["description"]
+    assert spec["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"][
+        "schema"]["$ref"].endswith("/Health")
+
+
+def test_metrics_count_requests_latency_and_batches_and_every_request_is_logged(
+        tiny_classifier, caplog):
+    import logging
+
+    app = create_app(tiny_classifier, max_batch=8, max_wait_ms=5, max_texts=4)
+    with TestClient(app) as client, caplog.at_level(logging.INFO, "fincompress.access"):
+        for _ in range(3):
+            assert client.post("/predict", json=TEXTS).status_code == 200
+        assert client.post("/predict", content=b"[]").status_code == 422
+        text = client.get("/metrics").text
+    assert 'fincompress_requests_total{route="/predict",status="200"} 3.0' in text
+    assert 'fincompress_requests_total{route="/predict",status="422"} 1.0' in text
+    assert 'fincompress_request_seconds_count{route="/predict"} 4.0' in text
+    assert "fincompress_texts_total 9.0" in text  # three requests of three texts
+    calls = float(text.split("fincompress_batch_texts_count ")[1].split()[0])
+    assert 1 <= calls <= 3 and app.state.batcher.calls == calls
+    lines = [r.getMessage() for r in caplog.records if r.name == "fincompress.access"]
+    assert len(lines) == 5 and all(" POST /predict " in line for line in lines[:4])
+    assert lines[0].endswith(" 3 texts") and " 200 " in lines[0] and " 422 " in lines[3]
+    assert " GET /metrics 200 " in lines[4]
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -87,11 +126,12 @@ def test_load_test_script_batches_with_no_errors_and_offline_answers(tiny_classi
 
 
 def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
-        tiny_classifier, data_dir):
+        tiny_classifier, data_dir, tmp_path):
     """A lone surrogate sent among 20 concurrent requests made 15 of them fail with 500: the
     batcher handed one text's exception to every request of that model call. Here each good
     request carries its own PhraseBank sentence and must get offline predict's answer. Then a
-    slow client (a body that never arrives) gets 408 and the service goes on."""
+    slow client (a body that never arrives) gets 408 and the service goes on; the docs render
+    in a browser with no network beyond the service; every request is in the access log."""
     import socket
     import threading
     import time
@@ -107,7 +147,7 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
     server = subprocess.Popen([sys.executable, "-m", "fincompress.cli", "serve", str(tiny_classifier),
                                "--port", str(port), "--max-batch", "32", "--max-wait-ms", "50",
                                "--read-timeout-s", "2"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -148,9 +188,21 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         assert reply.startswith("HTTP/1.1 408") and "took over 2.0 s" in reply
         assert 1.5 < waited < 20
         assert httpx.get(f"{url}/health").status_code == 200  # and the service goes on
+        # the docs page in a real browser, every request for another host refused
+        shot = tmp_path / "docs.png"
+        browsed = subprocess.run([sys.executable, "scripts/demo_browser.py", f"{url}/docs",
+                                  "--swagger", "--screenshot", str(shot)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=300)
+        assert browsed.returncode == 0, browsed.stderr[-3000:]
+        docs = json.loads(browsed.stdout)
+        assert "POST /predict" in docs["operations"] and "GET /health" in docs["operations"]
+        assert docs["refused"] == [] and shot.stat().st_size > 20_000
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        log = server.communicate(timeout=30)[1]
+    # one access line per request: the 20 good ones, the bad one, the slow client's 408
+    assert log.count("POST /predict 200 ") == 21 and log.count("POST /predict 408 ") == 1
+    assert " GET /docs 200 " in log and " GET /static-offline-docs/swagger-ui-bundle.js 200 " in log
     offline = fincompress.load(tiny_classifier).predict(texts)
     assert [results[i].status_code for i in range(20)] == [200] * 20
     for i, expected in enumerate(offline):
