@@ -16,6 +16,7 @@ file, line or value, exit status 2, and no output file written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -29,30 +30,48 @@ from fincompress.files import atomic_file, atomic_folder, folder_size_bytes
 
 # ---------------------------------------------------------------- reading and writing texts
 
+FORMATS = (".txt", ".csv", ".jsonl")
+
+
 def read_texts(path: Path, column: str | None = None) -> list[str]:
     """Texts from a ``.txt`` (one per line), ``.csv`` (a column: ``--column``, else ``text``
     or ``sentence``, else the only one) or ``.jsonl`` file (a field, by the same rule)."""
+    return read_records(path, column)[0]
+
+
+def read_records(path: Path, column: str | None = None, fmt: str | None = None,
+                 ) -> tuple[list[str], list[dict] | None, str | None]:
+    """The texts of a file (``-``: standard input), each row's fields (None for ``.txt``), and
+    the name of the text column. ``fmt`` (``.txt``, ``.csv``, ``.jsonl``) overrides the
+    suffix; standard input is ``.txt`` unless told."""
     from fincompress.data.news import csv_field_limit, parse_json_line
 
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in (".txt", ".csv", ".jsonl"):
+    stdin = str(path) == "-"
+    suffix = fmt or (".txt" if stdin else path.suffix.lower())
+    if suffix not in FORMATS:
         raise InputError(f"{path}: unknown format {suffix!r}; use .txt, .csv or .jsonl")
-    text = read_utf8(path)
+    if stdin:
+        text = sys.stdin.buffer.read().decode("utf-8", errors="strict") if not sys.stdin.isatty() else ""
+    elif not path.is_file():
+        raise InputError(f"{path}: no such file")
+    else:
+        text = read_utf8(path)
     if not text.strip():
-        return []
+        return [], None, None
     if suffix == ".txt":
-        return [line.rstrip("\r") for line in text.split("\n")[:-1 if text.endswith("\n") else None]]
+        lines = text.split("\n")[:-1 if text.endswith("\n") else None]
+        return [line.rstrip("\r") for line in lines], None, None
     if suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         try:
             with csv_field_limit():
                 name = _column(path, column, reader.fieldnames or [])
-                return [row[name] or "" for row in reader]
+                rows = [{key: value or "" for key, value in row.items() if key is not None}
+                        for row in reader]
         except csv.Error as error:
             raise InputError(f"{path} line {reader.line_num}: not CSV ({error})") from None
-    texts = []
+        return [row[name] for row in rows], rows, name
+    texts, rows, name = [], [], None
     for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -65,7 +84,8 @@ def read_texts(path: Path, column: str | None = None) -> list[str]:
             raise InputError(f"{path} line {number}: {name!r} is {type(record[name]).__name__}, "
                              "not a string")
         texts.append(record[name])
-    return texts
+        rows.append(record)
+    return texts, rows, name
 
 
 def _column(path: Path, column: str | None, names: list[str], line: int | None = None) -> str:
@@ -83,29 +103,61 @@ def _column(path: Path, column: str | None, names: list[str], line: int | None =
                      f"{', '.join(names) or 'none'} (choose one with --column)")
 
 
-def write_answers(path: Path, texts: list[str], answers: list[dict], labels: list[str]) -> None:
-    """``.csv`` (text, label, one probability column per label, tokens, truncated, warning) or
-    ``.jsonl`` (the same fields, probabilities as one object; ``warning`` null when there is
-    none); written whole to a temporary file, then renamed."""
-    suffix = path.suffix.lower()
+ANSWER_FIELDS = ("text", "label", "probabilities", "tokens", "truncated", "warning")
+
+
+def output_rows(texts: list[str], answers: list[dict], rows: list[dict] | None,
+                text_column: str | None, keep: list[str] | None) -> list[dict]:
+    """One record per text: the kept input fields (``keep``: their names; None: all), then
+    the answer's fields, ``warning`` None when there is none. An input field named like an
+    answer field is kept as ``input_<name>``."""
+    records = []
+    for index, (text, answer) in enumerate(zip(texts, answers)):
+        record = {}
+        source = rows[index] if rows else {}
+        for name in (keep if keep is not None else list(source)):
+            if name == text_column:
+                continue
+            record[f"input_{name}" if name in ANSWER_FIELDS else name] = source.get(name)
+        record.update({"text": text, **answer, "warning": answer.get("warning")})
+        records.append(record)
+    return records
+
+
+def write_answers(path: Path, records: list[dict], labels: list[str], fmt: str | None = None) -> None:
+    """``.csv`` (the kept input columns, then text, label, one probability column per label,
+    tokens, truncated, warning) or ``.jsonl`` (the same fields, probabilities as one object,
+    ``warning`` null when there is none); a file is written whole to a temporary file, then
+    renamed; ``-`` writes standard output (``.jsonl`` unless ``fmt`` says otherwise)."""
+    stdout = str(path) == "-"
+    suffix = fmt or (".jsonl" if stdout else path.suffix.lower())
     if suffix not in (".csv", ".jsonl"):
         raise InputError(f"{path}: unknown output format {suffix!r}; use .csv or .jsonl")
-    with atomic_file(path, newline="") as out:
+    context = contextlib.nullcontext(sys.stdout) if stdout else atomic_file(path, newline="")
+    with context as out:
         if suffix == ".jsonl":
-            for text, answer in zip(texts, answers):
-                # the CSV's columns, in the same order: warning is always there (null: none)
-                out.write(json_line({"text": text, **answer,
-                                     "warning": answer.get("warning")}) + "\n")
-        else:
-            writer = csv.writer(out)
-            writer.writerow(["text", "label", *[f"p_{label}" for label in labels], "tokens",
-                             "truncated", "warning"])
-            for text, answer in zip(texts, answers):
-                probabilities = answer["probabilities"] or {}
-                writer.writerow([text.encode("utf-8", "backslashreplace").decode("utf-8"),
-                                 answer["label"] or "",
-                                 *[_round(probabilities.get(label)) for label in labels],
-                                 answer["tokens"], answer["truncated"], answer.get("warning", "")])
+            for record in records:
+                out.write(json_line(record) + "\n")
+            return
+        writer = csv.writer(out)
+        kept = [name for name in records[0] if name not in ANSWER_FIELDS] if records else []
+        writer.writerow([*kept, "text", "label", *[f"p_{label}" for label in labels], "tokens",
+                         "truncated", "warning"])
+        for record in records:
+            probabilities = record["probabilities"] or {}
+            writer.writerow([*[_cell(record[name]) for name in kept],
+                             _cell(record["text"]), record["label"] or "",
+                             *[_round(probabilities.get(label)) for label in labels],
+                             record["tokens"], record["truncated"], record["warning"] or ""])
+
+
+def _cell(value) -> str:
+    """A CSV cell: text as UTF-8 can hold it (a lone surrogate escaped), other values as JSON."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return json.dumps(value)
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def json_line(record: dict) -> str:
@@ -119,14 +171,16 @@ def json_line(record: dict) -> str:
     return line
 
 
-def check_output_file(output: Path, overwrite: bool, source: Path | None = None) -> None:
+def check_output_file(output: Path, overwrite: bool, source: Path | None = None,
+                      fmt: str | None = None) -> None:
     """Refuse, before any work, an output that would lose data or cannot be written: the input
     file itself, an existing file (unless ``overwrite``: it is then replaced whole, only once
     the new content is complete), a folder, a missing folder, an unknown format."""
     if output.is_dir():
         raise InputError(f"--output {output} is a folder; give a file name")
-    if output.suffix.lower() not in (".csv", ".jsonl"):
-        raise InputError(f"{output}: unknown output format {output.suffix!r}; use .csv or .jsonl")
+    if (fmt or output.suffix.lower()) not in (".csv", ".jsonl"):
+        raise InputError(f"{output}: unknown output format {fmt or output.suffix!r}; use .csv or "
+                         ".jsonl (or --output-format)")
     if source is not None and source.exists() and output.exists() and output.samefile(source):
         raise InputError(f"--output {output} is the input file; give another name (the input "
                          "keeps its data)")
@@ -151,12 +205,26 @@ def predict(args) -> None:
     if bool(args.texts) == bool(args.input):
         raise InputError("give texts to predict, or --input FILE (with --output FILE), not both")
     if args.input and not args.output:
-        raise InputError("--input needs --output FILE (.csv or .jsonl)")
-    if args.output:
-        check_output_file(Path(args.output), args.overwrite, Path(args.input))
-    texts = read_texts(Path(args.input), args.column) if args.input else args.texts
+        raise InputError("--input needs --output FILE (.csv or .jsonl; - for standard output)")
+    in_format = f".{args.input_format}" if args.input_format else None
+    out_format = f".{args.output_format}" if args.output_format else None
+    if args.output and args.output != "-":
+        check_output_file(Path(args.output), args.overwrite,
+                          None if args.input == "-" else Path(args.input), out_format)
+    if args.input:  # read and checked before the model loads
+        texts, rows, text_column = read_records(Path(args.input), args.column, in_format)
+    else:
+        texts, rows, text_column = args.texts, None, None
     if not texts:
-        raise InputError(f"{args.input}: no texts in the file")
+        raise InputError("no texts on standard input" if args.input == "-"
+                         else f"{args.input}: no texts in the file")
+    keep = None if args.keep_columns == "all" else [] if args.keep_columns == "none" else \
+        args.keep_columns.split(",")
+    if keep and rows:
+        missing = [name for name in keep if name not in rows[0]]
+        if missing:
+            raise InputError(f"--keep-columns: {args.input} has no column {missing}; columns: "
+                             f"{', '.join(rows[0])}")
     model = fincompress.load(args.model, threads=args.threads, batch_size=args.batch_size)
     if not args.input:
         for text, answer in zip(texts, model.predict(texts)):
@@ -164,15 +232,18 @@ def predict(args) -> None:
         return
     answers = []
     chunk = 8 * model.batch_size  # each chunk is length-sorted into batches
-    with tqdm(total=len(texts), unit="text", desc=f"predict {Path(args.input).name}") as bar:
+    name = "standard input" if args.input == "-" else Path(args.input).name
+    with tqdm(total=len(texts), unit="text", desc=f"predict {name}", file=sys.stderr) as bar:
         for start in range(0, len(texts), chunk):
             answers += model.predict(texts[start:start + chunk])
             bar.update(len(texts[start:start + chunk]))
-    write_answers(Path(args.output), texts, answers, model.labels)
+    records = output_rows(texts, answers, rows, text_column, keep)
+    write_answers(Path(args.output), records, model.labels, out_format)
     counts = {label: sum(a["label"] == label for a in answers) for label in model.labels}
     flagged = sum("warning" in a for a in answers)
     print(f"wrote {len(answers)} answers to {args.output}: {counts}"
-          + (f"; {flagged} with a warning" if flagged else ""))
+          + (f"; {flagged} with a warning" if flagged else ""),
+          file=sys.stderr if args.output == "-" else sys.stdout)
 
 
 def export(args) -> None:
@@ -470,6 +541,25 @@ def port(value: str) -> int:
     return number
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+EXAMPLES = {
+    "predict": """  fincompress predict MODEL "Operating profit rose to EUR 13.1 mn ."
+  fincompress predict MODEL --input news.csv --output labelled.csv      # keeps news.csv's columns
+  fincompress predict MODEL --input news.csv --keep-columns id --output labelled.jsonl
+  cat headlines.txt | fincompress predict MODEL --input - --output - > labelled.jsonl""",
+    "export": """  fincompress export MODEL --format openvino --int8 --output model-int8  # scored on test
+  fincompress export MODEL --format onnx --int8 --eval labelled.csv --output model-onnx""",
+    "info": """  fincompress info model-int8""",
+    "bench": """  fincompress bench TEACHER STUDENT model-int8 --output outputs/bench""",
+    "serve": """  fincompress serve model-int8 --port 8000
+  curl -s localhost:8000/predict -d '["Sales fell 10 %."]'""",
+    "demo": """  fincompress demo --teacher TEACHER --student STUDENT --benchmark outputs/bench/RUN""",
+}
+
+
 def parser() -> argparse.ArgumentParser:
     import fincompress
 
@@ -477,16 +567,23 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--version", action="version", version=f"fincompress {fincompress.__version__}")
     commands = main.add_subparsers(dest="command", required=True)
 
-    def add(name: str, **kwargs) -> argparse.ArgumentParser:  # every subcommand shows its defaults
-        return commands.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                   **kwargs)
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        """A subcommand whose --help shows its defaults and its examples, as written."""
+        return commands.add_parser(name, formatter_class=HelpFormatter,
+                                   epilog="examples:\n" + EXAMPLES[name], **kwargs)
 
     p = add("predict", help="labels and probabilities for texts or a file")
     p.add_argument("model")
     p.add_argument("texts", nargs="*")
-    p.add_argument("--input", help=".txt (a text per line), .csv or .jsonl")
+    p.add_argument("--input", help=".txt (a text per line), .csv or .jsonl; - reads standard input")
+    p.add_argument("--input-format", choices=["txt", "csv", "jsonl"],
+                   help="the input's format (default: its suffix; txt for standard input)")
     p.add_argument("--column", help="the CSV column or JSONL field (default: text or sentence)")
-    p.add_argument("--output", help=".csv or .jsonl")
+    p.add_argument("--keep-columns", default="all",
+                   help="input columns copied to the output: all, none, or names, comma-separated")
+    p.add_argument("--output", help=".csv or .jsonl; - writes standard output")
+    p.add_argument("--output-format", choices=["csv", "jsonl"],
+                   help="the output's format (default: its suffix; jsonl for standard output)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     p.add_argument("--threads", type=positive_int, help="the engine's threads (default: all cores)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per model call")

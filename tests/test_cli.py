@@ -68,6 +68,8 @@ def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path)
                 rows = list(csv.DictReader(f))
             assert [r["text"] for r in rows] == texts
             assert [r["label"] or None for r in rows] == [a["label"] for a in offline]
+            if source == "in.csv":  # the input's other columns are kept (its id was lost)
+                assert list(rows[0])[:2] == ["id", "text"] and [r["id"] for r in rows] == ["0", "1", "2", "3"]
             expected = offline[0]["probabilities"]["positive"]
             assert float(rows[0]["p_positive"]) == pytest.approx(expected, abs=1e-5)
         else:
@@ -78,6 +80,36 @@ def test_predict_a_sentence_and_files_in_every_format(tiny_classifier, tmp_path)
                                    "warning"] for r in rows)
             assert [r["warning"] is None for r in rows] == ["warning" not in a for a in offline]
         assert "wrote 4 answers" in result.stdout and "1 with a warning" in result.stdout
+
+
+def test_batch_prediction_keeps_columns_and_streams_through_pipes(tiny_classifier, tmp_path):
+    data = tmp_path / "in.csv"
+    data.write_text("id,text,label,source\n7,Profit rose .,positive,wire\n8,Sales fell .,negative,blog\n")
+    out = tmp_path / "out.jsonl"
+    assert cli_here("predict", tiny_classifier, "--input", data, "--output", out).returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the input's label is kept beside the model's, under another name
+    assert list(rows[0]) == ["id", "input_label", "source", "text", "label", "probabilities",
+                             "tokens", "truncated", "warning"]
+    assert [(r["id"], r["input_label"], r["source"]) for r in rows] == [
+        ("7", "positive", "wire"), ("8", "negative", "blog")]
+    result = cli_here("predict", tiny_classifier, "--input", data, "--keep-columns", "source",
+                      "--output", tmp_path / "some.csv")
+    assert result.returncode == 0
+    with open(tmp_path / "some.csv", encoding="utf-8") as f:
+        assert next(csv.reader(f))[:3] == ["source", "text", "label"]
+    result = cli_here("predict", tiny_classifier, "--input", data, "--keep-columns", "nope",
+                      "--output", tmp_path / "no.csv")
+    assert result.returncode == 2 and "has no column ['nope']" in result.stderr
+    # standard input to standard output, in a real pipe
+    piped = subprocess.run(["fincompress", "predict", str(tiny_classifier), "--input", "-",
+                            "--output", "-"], input="Profit rose .\nSales fell .\n",
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert piped.returncode == 0, piped.stderr[-2000:]
+    lines = [json.loads(line) for line in piped.stdout.splitlines()]
+    expected = fincompress.load(tiny_classifier).predict(["Profit rose .", "Sales fell ."])
+    assert [r["label"] for r in lines] == [a["label"] for a in expected]
+    assert "wrote 2 answers to -" in piped.stderr
 
 
 @pytest.mark.parametrize("content, args, message", [

@@ -21,9 +21,9 @@ def test_sorted_unsorted_and_any_batch_size_agree_in_input_order(tmp_path):
                                for text in TEXTS])
     for batch_size in (1, 2, 32):
         for sort in (True, False):
-            torch.testing.assert_close(predictor.logits(TEXTS, batch_size, sort=sort), reference,
-                                       atol=1e-5, rtol=1e-4)
+            logits = torch.from_numpy(predictor.logits(TEXTS, batch_size, sort=sort))
+            torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-4)
     ids = predictor.encode(TEXTS)
     assert [len(i) for i in ids] == [len(tokenizer(t)["input_ids"]) for t in TEXTS]
-    torch.testing.assert_close(predictor.logits_ids(ids[::-1], 2), reference.flip(0),
-                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(predictor.logits_ids(ids[::-1], 2)),
+                               reference.flip(0), atol=1e-5, rtol=1e-4)
