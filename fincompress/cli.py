@@ -641,7 +641,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("demo", help="the web demo: teacher and student side by side")
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
-    p.add_argument("--benchmark", help="a benchmark run folder (benchmark.md, pareto.png)")
+    p.add_argument("--benchmark", help="a benchmark run folder (its benchmark.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=7860)
     p.set_defaults(run=demo)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 # without the background-networking flags Chromium keeps trying hosts this closed network refuses
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def run(url: str, text: str, screenshot: str, browser_path: str, timeout_s: float) -> dict:
+def run(url: str, text: str, screenshot: str, browser_path: str, timeout_s: float,
+        upload: str | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -34,16 +36,46 @@ def run(url: str, text: str, screenshot: str, browser_path: str, timeout_s: floa
             box = page.locator("#text textarea")
             box.fill(text)
             page.locator("#compare").click()
-            statuses = {}
+            result = {}
             for name in ("teacher", "student"):
                 status = page.locator(f"#{name}_status")
                 # the answer names the model and the latency of this request
                 status.filter(has_text=" ms ").wait_for(timeout=timeout_s * 1000)
-                statuses[name] = status.inner_text().strip()
+                result[name] = status.inner_text().strip()
+            table = page.locator("#benchmark_table")
+            if table.count():  # the compact benchmark table: its header and rows as shown
+                result["table"] = grid(table)
+                result["summary"] = page.locator("#summary").inner_text().strip()
             page.screenshot(path=screenshot, full_page=True)
-            return statuses
+            if upload:
+                page.get_by_role("tab", name="Label a file").click()
+                page.locator("#upload input[type=file]").set_input_files(upload)
+                # the upload has reached the server when the file's name shows
+                page.locator("#upload").filter(has_text=Path(upload).stem).wait_for(
+                    timeout=timeout_s * 1000)
+                page.locator("#label_file").click()
+                # the labelled file is offered for download once every text is labelled
+                page.get_by_text(f"{Path(upload).stem}_labelled").first.wait_for(
+                    timeout=timeout_s * 1000)
+                preview = page.locator("#labelled_preview")
+                result["labelled"] = grid(preview)
+                page.screenshot(path=str(Path(screenshot).with_suffix("")) + "_upload.png",
+                                full_page=True)
+            return result
         finally:
             browser.close()
+
+
+def grid(table) -> list[list[str]]:
+    """A Gradio dataframe's header and rows as shown (its body is a grid of ARIA rows)."""
+    header = [cell.inner_text().strip() for cell in table.locator("thead th").all()]
+    rows = [[cell.inner_text().strip() for cell in row.locator("[role=gridcell]").all()]
+            for row in table.locator(".virtual-row, [role=row]:has([role=gridcell])").all()]
+    unique = []
+    for row in rows:  # a row can match both selectors
+        if row and row not in unique:
+            unique.append(row)
+    return [header, *unique]
 
 
 def swagger(url: str, screenshot: str, browser_path: str, timeout_s: float) -> dict:
@@ -86,6 +118,8 @@ def main() -> None:
     parser.add_argument("--screenshot", default="demo.png")
     parser.add_argument("--browser", default="/usr/bin/chromium")
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--upload", help="a file to label in the demo's upload tab (its screenshot "
+                        "is saved beside --screenshot as NAME_upload.png)")
     parser.add_argument("--swagger", action="store_true",
                         help="the URL is a service's /docs: check that it renders offline")
     args = parser.parse_args()
@@ -93,7 +127,8 @@ def main() -> None:
         if args.swagger:
             statuses = swagger(args.url, args.screenshot, args.browser, args.timeout)
         else:
-            statuses = run(args.url, args.text, args.screenshot, args.browser, args.timeout)
+            statuses = run(args.url, args.text, args.screenshot, args.browser, args.timeout,
+                           args.upload)
     except Exception as error:  # a timeout or a page without the demo's elements
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

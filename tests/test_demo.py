@@ -30,7 +30,14 @@ def other_classifier(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo_url(tiny_classifier, other_classifier, tmp_path_factory):
     bench = tmp_path_factory.mktemp("bench")
-    (bench / "benchmark.md").write_text("| model | macro-F1 |\n|---|---|\n| tiny | 0.5000 |\n")
+    rows = [{"model": "teacher fp32", "precision": "f32", "size_bytes": 438 * 2**20,
+             "throughput_sorted": 44.4, "f1_macro": 0.9399, "agreement_with_teacher": 1.0},
+            {"model": "student int8", "precision": "i8", "size_bytes": 16 * 2**20,
+             "throughput_sorted": 2020.3, "f1_macro": 0.9382, "agreement_with_teacher": 0.961},
+            {"model": "slow and worse", "precision": "f32", "size_bytes": 60 * 2**20,
+             "throughput_sorted": 30.0, "f1_macro": 0.90, "agreement_with_teacher": 0.9}]
+    (bench / "benchmark.json").write_text(json.dumps({"machine": {"cpu": "Test CPU"},
+                                                      "models": rows}))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -80,8 +87,11 @@ def test_demo_http_api_gives_both_models_answers(demo_url, tiny_classifier, othe
 def test_demo_in_a_headless_browser(demo_url, tiny_classifier, other_classifier, tmp_path):
     assert shutil.which(BROWSER), f"{BROWSER} is missing: apt-get install chromium (see .ci/run)"
     shot = tmp_path / "demo.png"
+    upload = tmp_path / "news.csv"
+    upload.write_text("id,text\n17,Profit rose .\n18,Sales fell sharply .\n")
     result = subprocess.run([sys.executable, "scripts/demo_browser.py", demo_url, "--text", TEXT,
-                             "--screenshot", str(shot), "--browser", BROWSER], cwd=ROOT,
+                             "--screenshot", str(shot), "--browser", BROWSER,
+                             "--upload", str(upload)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -91,3 +101,15 @@ def test_demo_in_a_headless_browser(demo_url, tiny_classifier, other_classifier,
     assert statuses["teacher"].startswith(f"teacher: {teacher} in ")
     assert statuses["student"].startswith(f"student: {student} in ")
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+    # the compact table: one header and a row per model, speed-ups against the first
+    header, *rows = statuses["table"]
+    assert header[:4] == ["model", "precision", "MiB", "sentences/s"] and len(rows) == 3
+    assert rows[1][:2] == ["student int8", "i8"] and "45.5x" in rows[1]
+    assert "student int8: 45.5x faster than teacher fp32, 0.2 points lower macro-F1" in \
+        statuses["summary"]
+    # the upload tab labelled the file with the student, keeping its id column
+    header, *labelled = statuses["labelled"]
+    assert header[:3] == ["id", "text", "label"] and [r[0] for r in labelled] == ["17", "18"]
+    expected = fincompress.load(other_classifier).predict(["Profit rose .", "Sales fell sharply ."])
+    assert [r[2] for r in labelled] == [a["label"] for a in expected]
+    assert (tmp_path / "demo_upload.png").stat().st_size > 20_000
