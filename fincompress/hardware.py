@@ -65,6 +65,19 @@ def cpu_info(with_torch: bool = True) -> dict:
             "torch": str(torch.__version__)}
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds every process on this machine has spent busy since boot (``/proc/stat``),
+    None where that cannot be read: with ``time.process_time()`` it tells how much other work
+    ran beside a timing."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + values[4]  # idle and waiting for I/O
+    return (sum(values) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def default_threads() -> int:
     """Threads for OpenVINO and ONNX Runtime when none are asked for: PyTorch's count where
     PyTorch is loaded (so that engines timed side by side use the same), else the CPUs this

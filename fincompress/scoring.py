@@ -23,6 +23,7 @@ come from :func:`score`.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -33,10 +34,12 @@ from tqdm import tqdm
 
 from fincompress.data.phrasebank import read_split_file
 from fincompress.files import folder_size_bytes
-from fincompress.hardware import native_bf16
+from fincompress.hardware import busy_cpu_seconds, native_bf16
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import count_parameters
 from fincompress.predict import Predictor, StaticPredictor, TorchPredictor, holds_int8, load, softmax
+
+OTHER_WORK_WARNING = 0.10  # of the CPUs' time, used by other processes while timing
 
 
 def peak_rates(n: int = 1024, repeats: int = 10) -> dict[str, float]:
@@ -147,6 +150,7 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
     for p in predictors.values():  # warm-up of the batch-1 path (the scoring pass warmed batches)
         for i in singles[:warmup]:
             p.logits([texts[i]], batch_size=1)
+    busy_before, own_before, wall_before = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     for _ in tqdm(range(repeats), desc=f"timing {len(predictors)} models, interleaved"):
         for i in singles:  # batch 1, the models in turn on each sentence
             for name, p in predictors.items():
@@ -161,6 +165,11 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
                 clock = time.perf_counter()
                 p.logits_ids(encoded[name], 32, sort=sort)
                 seconds[name].append(time.perf_counter() - clock)
+    other_work = other_work_share(busy_before, own_before, wall_before)
+    if other_work is not None and other_work > OTHER_WORK_WARNING:
+        print(f"warning: other processes used {other_work:.0%} of the CPUs while timing; the "
+              "throughputs are lower than on an idle machine (ratios, measured interleaved, "
+              "suffer less)", flush=True)
     reference = logits[next(iter(logits))]
     rows = []
     for name, p in predictors.items():
@@ -184,6 +193,8 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
             "latency_e2e_ms_p50": _median(e2e_ms[name]),
             "latency_e2e_ms_p95": _p95(e2e_ms[name]),
             "throughput_sorted": round(len(texts) / min(sorted_s[name]), 1),
+            # how much slower the slowest repeat was than the best one, in %
+            "throughput_spread_pct": round(100 * (max(sorted_s[name]) / min(sorted_s[name]) - 1), 1),
             "throughput_unsorted": (round(len(texts) / min(unsorted_s[name]), 1)
                                     if unsorted_s[name] else None),
             "achieved_gflops": None if gflops is None else round(gflops, 1),
@@ -201,7 +212,18 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
         row["throughput_ratio"] = round(row["throughput_sorted"] / first["throughput_sorted"], 2)
         row["f1_macro_delta"] = round(row["f1_macro"] - first["f1_macro"], 4)
     return {"machine": machine, "split": Path(split_file).stem, "split_size": len(texts),
-            "repeats": repeats, "models": rows}
+            "repeats": repeats, "other_work_share": other_work, "models": rows}
+
+
+def other_work_share(busy_before: float | None, own_before: float, wall_before: float) -> float | None:
+    """The share of all CPUs' time that other processes were busy since the three readings
+    (every process's busy CPU seconds, this process's, the wall clock); None where unknown."""
+    busy_after = busy_cpu_seconds()
+    if busy_before is None or busy_after is None:
+        return None
+    wall = time.perf_counter() - wall_before
+    others = (busy_after - busy_before) - (time.process_time() - own_before)
+    return round(max(0.0, others) / (wall * (os.cpu_count() or 1)), 3) if wall > 0 else None
 
 
 def _median(values: list[float]) -> float | None:

@@ -76,7 +76,7 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
     for row in rows:
         assert 0 < row["latency_model_ms_p50"] <= row["latency_model_ms_p95"]
         assert row["latency_e2e_ms_p50"] > 0 and row["throughput_sorted"] > 0
-        assert row["throughput_unsorted"] > 0
+        assert row["throughput_unsorted"] > 0 and row["throughput_spread_pct"] >= 0
         assert row["peak_share"] == pytest.approx(row["achieved_gflops"] / peaks[row["precision"]],
                                                   abs=2e-3)
         assert {"acc", "f1_macro", "f1_negative", "kl_teacher_student"} <= set(row)
@@ -85,6 +85,7 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
     assert int8["size_ratio"] == round(teacher["size_bytes"] / int8["size_bytes"], 2)
     markdown = write_outputs(rows, machine_record("32-true", "test"), peaks, tmp_path)
     assert markdown.count("\n| ") == 3  # header and two models
+    assert "| MiB " in markdown and "| spread % " in markdown and "bytes" not in markdown
     with open(tmp_path / "benchmark.csv") as handle:
         saved = list(csv.DictReader(handle))
     assert [r["model"] for r in saved] == ["teacher", "int8"]

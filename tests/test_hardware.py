@@ -74,7 +74,8 @@ def test_inference_follows_the_precision(precision, minilm_tokenizer):
     texts = ["Operating profit rose to EUR 13.1 mn .", "Sales fell ."]
     from fincompress.predict import TorchPredictor
 
-    logits = TorchPredictor(None, ["a", "b", "c"], precision, model, tokenizer).logits(texts)
+    predictor = TorchPredictor(None, ["a", "b", "c"], precision, model, tokenizer)
+    logits = torch.from_numpy(predictor.logits(texts))
     batch = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         fp32 = model.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -83,3 +84,26 @@ def test_inference_follows_the_precision(precision, minilm_tokenizer):
     else:  # bf16 rounding shows, but the numbers are the same model's
         assert not torch.equal(logits, fp32)
         torch.testing.assert_close(logits, fp32, atol=0.1, rtol=0.1)
+
+
+def test_other_work_beside_a_timing_is_measured():
+    """A process spinning on one core while this one waits: about half of 2 CPUs' time."""
+    import subprocess
+    import sys
+    import time
+
+    from fincompress.hardware import busy_cpu_seconds
+    from fincompress.scoring import other_work_share
+
+    if busy_cpu_seconds() is None:
+        pytest.skip("/proc/stat cannot be read here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # the spinner is running
+        before = busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        time.sleep(1.5)
+        share = other_work_share(*before)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert share >= 0.8 / os.cpu_count()  # one busy core of them all, less scheduling noise

@@ -19,7 +19,7 @@ from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.phrasebank import calibration_texts
 from fincompress.files import atomic_file, write_json, write_text
 from fincompress.metrics import save_confusion_matrices
-from fincompress.scoring import LIST_FIELDS, peak_rates, score
+from fincompress.scoring import LIST_FIELDS, peak_rates, score, with_mib
 from fincompress.stages.quantize import choose_backend, export_int8
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.tables import markdown_table
@@ -50,9 +50,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
                                               output_dir)
     print("measuring this machine's matmul peak ...")
     peaks = peak_rates()
-    rows = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
-                 repeats=settings.repeats, latency_sentences=settings.latency_sentences,
-                 warmup=settings.warmup, unsorted=True, peaks=peaks)["models"]
+    scored = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
+                   repeats=settings.repeats, latency_sentences=settings.latency_sentences,
+                   warmup=settings.warmup, unsorted=True, peaks=peaks)
+    rows = scored["models"]
+    machine = {**machine, "other_work_share": scored["other_work_share"]}
     for row in rows:
         entry = published.get(references.get(row["model"], ""))
         row["reference_of"] = references.get(row["model"])
@@ -131,15 +133,16 @@ def artifacts_override(artifacts: dict[str, str | Path]) -> str:
 
 
 COLUMNS = [("model", "model"), ("engine", "engine"), ("precision", "precision"),
-           ("parameters", "parameters"), ("size_bytes", "bytes"),
-           ("latency_model_ms_p50", "batch-1 ms p50"), ("latency_model_ms_p95", "p95"),
-           ("latency_e2e_ms_p50", "end-to-end ms p50"), ("latency_e2e_ms_p95", "p95"),
-           ("throughput_sorted", "sent/s @32 sorted"), ("throughput_unsorted", "unsorted"),
-           ("throughput_ratio", "x ref fp32"), ("x_reference_torch", "x ref best torch"),
-           ("x_reference_int8", "x ref int8"), ("achieved_gflops", "GFLOP/s"),
-           ("peak_share", "of peak"), ("acc", "acc"), ("f1_macro", "macro-F1"),
+           ("parameters", "parameters", ",d"), ("size_mib", "MiB", ",.1f"),
+           ("latency_model_ms_p50", "batch-1 ms p50", ".2f"), ("latency_model_ms_p95", "p95", ".2f"),
+           ("latency_e2e_ms_p50", "end-to-end ms p50", ".2f"), ("latency_e2e_ms_p95", "p95", ".2f"),
+           ("throughput_sorted", "sent/s @32 sorted", ",.0f"),
+           ("throughput_spread_pct", "spread %", ".1f"), ("throughput_unsorted", "unsorted", ",.0f"),
+           ("throughput_ratio", "x ref fp32", ".1f"), ("x_reference_torch", "x ref best torch", ".1f"),
+           ("x_reference_int8", "x ref int8", ".1f"), ("achieved_gflops", "GFLOP/s", ",.0f"),
+           ("peak_share", "of peak", ".2f"), ("acc", "acc", ".4f"), ("f1_macro", "macro-F1", ".4f"),
            ("accuracy_from", "accuracy from"),
-           ("kl_teacher_student", "KL to ref"), ("agreement_with_teacher", "agreement")]
+           ("kl_teacher_student", "KL to ref", ".4f"), ("agreement_with_teacher", "agreement", ".3f")]
 
 
 def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) -> str:
@@ -155,8 +158,13 @@ def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) ->
         writer.writerows(rows)
     isa = ", ".join(machine.get("isa") or [])
     peak_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+    busy = machine.get("other_work_share")
     markdown = (f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
-                f"matmul peak: {peak_text}.\n\n" + markdown_table(rows, COLUMNS) + "\n")
+                f"matmul peak: {peak_text}. Throughput: the best of the interleaved repeats; "
+                "spread: how much slower the slowest repeat was"
+                + (f"; other processes used {busy:.0%} of the CPUs while timing" if busy else "")
+                + ".\n\n"
+                + markdown_table(with_mib(rows), COLUMNS) + "\n")
     write_text(folder / "benchmark.md", markdown)
     return markdown
 
