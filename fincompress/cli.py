@@ -262,11 +262,13 @@ def export(args) -> None:
     if output.exists():
         raise InputError(f"{output} exists; give a new folder")
     if args.format == "openvino":
-        backend = OpenVINOBackend(int8=args.int8, subset_size=args.calibration_size)
+        backend = OpenVINOBackend(int8=args.int8, subset_size=args.calibration_size,
+                                  max_drop=args.max_drop)
     else:
-        backend = ONNXRuntimeBackend(int8=args.int8)
+        backend = ONNXRuntimeBackend(int8=args.int8, mode=args.onnx_mode,
+                                     subset_size=args.calibration_size)
     calibration = []
-    if args.int8 and args.format == "openvino":
+    if args.int8 and (args.format == "openvino" or args.onnx_mode == "static"):
         calibration = (read_texts(Path(args.calibration), args.column) if args.calibration
                        else training_sentences(args.calibration_size))
         calibration = [text for text in calibration if text.strip()]
@@ -274,7 +276,9 @@ def export(args) -> None:
     evaluation = None if args.no_eval else evaluation_split(args.eval, source, Path(scratch.name))
     model, tokenizer = load_classifier(str(source.folder), source.labels)
     with scratch, atomic_folder(output, replace=False) as staging:
-        record = backend.export(model, tokenizer, calibration, staging, source.max_length)
+        record = backend.export(model, tokenizer, calibration, staging, source.max_length,
+                                **({"validation": validation_sentences(source.labels)}
+                                   if args.int8 and args.max_drop is not None else {}))
         written = {"stage": "export", "source": str(source.folder), "labels": source.labels,
                    "steps": [record], "source_metrics": source.info.get("metrics")}
         write_checkpoint_info(staging, written)  # what the scorer reads (INT8 or not)
@@ -367,6 +371,18 @@ def data_overrides() -> list[str]:
         return []
     beside = Path(fincompress.__file__).resolve().parents[2] / "shared" / "data"
     return [f"paths.data_dir={beside}"] if beside.is_dir() else []
+
+
+def validation_sentences(labels: list[str]) -> list[tuple[str, int]]:
+    """The PhraseBank validation split (text, label index), for accuracy-controlled INT8."""
+    from fincompress.data.datamodule import phrasebank_split
+
+    try:
+        split = phrasebank_split(compose_config(data_overrides()))
+    except FileNotFoundError as error:
+        raise InputError(f"no PhraseBank validation split for --max-drop ({error}): set "
+                         "FINCOMPRESS_DATA to the data folder") from None
+    return [(row.text, labels.index(row.label)) for row in split.splits["val"]]
 
 
 def training_sentences(count: int) -> list[str]:
@@ -593,7 +609,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--format", choices=["openvino", "onnx"], required=True)
     p.add_argument("--int8", action="store_true")
-    p.add_argument("--calibration", help="texts to calibrate OpenVINO INT8 (.txt/.csv/.jsonl); "
+    p.add_argument("--max-drop", type=float, help="OpenVINO INT8 with NNCF's accuracy control: "
+                   "keep layers in float until validation accuracy is at most this far below "
+                   "the float model's (0.01 = one point)")
+    p.add_argument("--onnx-mode", choices=["dynamic", "static"], default="dynamic",
+                   help="ONNX INT8: activations quantized at run time, or calibrated (QDQ)")
+    p.add_argument("--calibration", help="texts to calibrate static INT8 (.txt/.csv/.jsonl); "
                    "default: the PhraseBank training split")
     p.add_argument("--column", help="the calibration file's column or field")
     p.add_argument("--calibration-size", type=positive_int, default=300)

@@ -17,6 +17,13 @@ answer, never a 5xx, and must not change any good request's answer. ``--soak-s S
 the same mix going for S seconds and reports the server's memory (resident set) before and
 after, and the errors. Writes ``load_test.json`` and prints a table; exits 1 on any error,
 5xx or mismatch.
+
+``--url URL`` tests a service that is already running (started by you, anywhere) instead: no
+grid, no server started, no memory readings; the model for the offline check is MODEL, else
+the folder the service's ``/health`` names when it is on this machine (else answers are not
+checked, and the report says so); ``--api-key`` is sent as ``X-API-Key``.
+
+    python scripts/load_test.py --url http://127.0.0.1:8000 --requests 500 --texts texts.csv
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ def memory_mib(pid: int) -> float:
 
 
 def load(url: str, texts: list[str], requests: int, clients: int, hostile: int = 0,
-         seconds: float | None = None) -> dict:
+         seconds: float | None = None, headers: dict | None = None) -> dict:
     """``requests`` single-text requests from ``clients`` threads (or as many as fit in
     ``seconds``), with ``hostile`` hostile requests spread among them; latencies, answers, and
     each hostile request's status."""
@@ -103,7 +110,7 @@ def load(url: str, texts: list[str], requests: int, clients: int, hostile: int =
     stop_at = time.perf_counter() + seconds if seconds is not None else None
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=60) as session:
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as session:
             while True:
                 with lock:
                     i = next(counter, None)
@@ -170,7 +177,10 @@ def check(answers: list, texts: list[str], offline: list[dict], tolerance: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="?", help="the model folder (with --url: optional, for "
+                        "the offline check)")
+    parser.add_argument("--url", help="a running service to test instead of starting one")
+    parser.add_argument("--api-key", help="the running service's API key (sent as X-API-Key)")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--grid", default="1/0,8/2,16/5,32/5,32/20",
@@ -187,6 +197,11 @@ def main() -> None:
                         help="then this many seconds of the same mix; memory before and after")
     parser.add_argument("--output", default="outputs/load_test")
     args = parser.parse_args()
+    if args.url:
+        running(args)
+        return
+    if not args.model:
+        parser.error("give MODEL, or --url URL of a running service")
 
     import fincompress
     from fincompress.cli import read_texts
@@ -270,6 +285,55 @@ def main() -> None:
             f"{name} {counts}" for name, counts in final["hostile"].items()))
     problems = final["errors"] + verdict["mismatches"] + \
         (soak["errors"] + soak["mismatches"] if soak else [])
+    if problems:
+        print("\n".join(problems[:20]))
+        sys.exit(1)
+
+
+def running(args) -> None:
+    """The full test against a service that is already running at ``args.url``."""
+    import fincompress
+    from fincompress.cli import read_texts
+
+    url = args.url.rstrip("/")
+    headers = {"X-API-Key": args.api_key} if args.api_key else None
+    try:
+        health = httpx.get(f"{url}/health", timeout=10).json()
+    except (httpx.HTTPError, ValueError) as error:
+        sys.exit(f"error: {url}/health did not answer as a fincompress service: {error}")
+    folder = Path(args.model or health["model"])
+    local = (folder / "config.json").is_file() or (folder / "model.xml").is_file() or \
+        (folder / "model.onnx").is_file() or (folder / "head.safetensors").is_file()
+    if not args.texts and not local:
+        sys.exit(f"error: the service's model {folder} is not on this machine; give --texts FILE")
+    texts = read_texts(Path(args.texts) if args.texts else test_split(folder))
+    calls_before = health["model_calls"]
+    final = load(url, texts, args.requests, args.clients, args.hostile, headers=headers)
+    answers = final.pop("answers")
+    if local:
+        model = fincompress.load(folder, threads=args.threads)
+        verdict = check(answers, texts, [model.predict([t])[0] for t in texts], args.tolerance)
+    else:
+        verdict = {"mismatches": [], "max_probability_gap": None,
+                   "not_checked": f"{folder} is not on this machine"}
+    calls = httpx.get(f"{url}/health", timeout=10).json()["model_calls"] - calls_before
+    from fincompress.hardware import cpu_info
+
+    report = {"url": url, "model": health["model"], "engine": health["engine"],
+              "precision": health["precision"], "server_batching": {
+                  "max_batch": health["max_batch"], "max_wait_ms": health["max_wait_ms"]},
+              "client_machine": cpu_info(with_torch=False),
+              "final": {**final, "model_calls": calls, **verdict}}
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "load_test.json").write_text(json.dumps(report, indent=2))
+    print(f"{args.requests} requests from {args.clients} clients to {url}: "
+          f"{final['requests_per_s']} req/s, p50 {final['latency_ms_p50']} ms, p95 "
+          f"{final['latency_ms_p95']} ms, {calls} model calls, {len(final['errors'])} errors, "
+          + (f"{len(verdict['mismatches'])} answers unlike offline predict" if local
+             else "answers not checked (the model is not on this machine)")
+          + f"; written {output / 'load_test.json'}")
+    problems = final["errors"] + verdict["mismatches"]
     if problems:
         print("\n".join(problems[:20]))
         sys.exit(1)

@@ -2,6 +2,7 @@
 predictor interface, agrees with fp32 on the test labels, and its size comes from its files;
 the backend is chosen by measurement."""
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -22,10 +23,12 @@ PTQ_TINY = ["+experiment=ptq", *TINY, "quantize.timing_repeats=1", "quantize.lat
 
 def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     result = run_ptq(compose_config(PTQ_TINY, tmp_path))
-    source, openvino, onnx = result["models"]
-    assert [r["engine"] for r in result["models"]] == ["torch", "openvino", "onnxruntime"]
+    source, openvino, onnx, onnx_static = result["models"]
+    assert [r["engine"] for r in result["models"]] == ["torch", "openvino", "onnxruntime",
+                                                       "onnxruntime"]
     assert source["inference_precision"] == "f32"  # the reference INT8 is measured against
-    for int8, kind in ((openvino, OpenVINOPredictor), (onnx, ONNXRuntimePredictor)):
+    for int8, kind in ((openvino, OpenVINOPredictor), (onnx, ONNXRuntimePredictor),
+                       (onnx_static, ONNXRuntimePredictor)):
         assert int8["agreement_with_teacher"] >= 0.9  # against the fp32 source, test split
         folder = Path(int8["dir"])
         assert int8["size_bytes"] == folder_size_bytes(folder) < source["size_bytes"]
@@ -33,12 +36,15 @@ def test_ptq_experiment_end_to_end(tmp_path, data_dir):
         assert info["steps"][0]["int8"] and info["steps"][0]["engine"] == int8["engine"]
         predictor = load(folder)
         assert isinstance(predictor, kind) and predictor.labels == info["labels"]
-    assert json.loads((Path(openvino["dir"]) / "checkpoint_info.json").read_text()
-                      )["steps"][0]["calibration_sentences"] == 48
+    for calibrated in (openvino, onnx_static):  # the same calibration sentences
+        assert json.loads((Path(calibrated["dir"]) / "checkpoint_info.json").read_text()
+                          )["steps"][0]["calibration_sentences"] == 48
+    assert json.loads((Path(onnx_static["dir"]) / "checkpoint_info.json").read_text()
+                      )["steps"][0]["mode"] == "static"
     # the choice: measured on validation, the fastest of those agreeing enough
     chosen = result["chosen"]
     measured = chosen["validation"]
-    assert set(measured) == {"openvino", "onnxruntime"}
+    assert set(measured) == {"openvino", "onnxruntime", "onnxruntime_static"}
     faithful = [n for n, m in measured.items() if m["agreement"] >= 0.99] or list(measured)
     key = ("throughput_sorted" if any(m["agreement"] >= 0.99 for m in measured.values())
            else "agreement")
@@ -47,7 +53,9 @@ def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     assert saved["chosen"]["backend"] == chosen["backend"]
 
 
-@pytest.mark.parametrize("backend", [OpenVINOBackend, ONNXRuntimeBackend])
+@pytest.mark.parametrize("backend", [OpenVINOBackend, ONNXRuntimeBackend,
+                                     functools.partial(ONNXRuntimeBackend, mode="static")],
+                         ids=["openvino", "onnxruntime", "onnxruntime_static"])
 def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
     from fincompress.data.phrasebank import read_phrasebank
 
@@ -99,3 +107,31 @@ def test_bad_backend_lists_are_named(tmp_path, data_dir, override, message):
     with pytest.raises(ValueError, match=message):
         run_ptq(compose_config([*PTQ_TINY, override], tmp_path))
     assert not (tmp_path / "stages").exists()  # refused before any teacher was trained
+
+
+def test_accuracy_controlled_int8_keeps_validation_accuracy(tmp_path, data_dir):
+    """With max_drop 0 and the float model's own labels as the validation labels (its accuracy
+    is 1.0), NNCF keeps layers in float until the INT8 model gives every validation sentence
+    the float model's label."""
+    from fincompress.data.phrasebank import read_phrasebank
+
+    labels = ["negative", "neutral", "positive"]
+    torch.manual_seed(3)
+    model, tokenizer = load_classifier("bundled:minilm-l6", labels, random_init=True,
+                                       config_overrides={"num_hidden_layers": 2, "hidden_size": 64,
+                                                         "num_attention_heads": 2,
+                                                         "intermediate_size": 128})
+    texts = [row.text for row in read_phrasebank(data_dir / "financial_phrasebank", "all")][:140]
+    model.save_pretrained(tmp_path / "torch")
+    tokenizer.save_pretrained(tmp_path / "torch")
+    own = TorchPredictor(tmp_path / "torch", labels, "32-true").logits(texts[40:]).argmax(-1)
+    validation = list(zip(texts[40:], own.tolist()))
+    record = OpenVINOBackend(max_drop=0.0).export(model, tokenizer, texts[:40], tmp_path / "int8",
+                                                  validation=validation)
+    assert record["max_drop"] == 0.0 and record["validation_sentences"] == 100
+    int8 = load(tmp_path / "int8", labels).logits(texts[40:]).argmax(-1)
+    assert (int8 == own).all()
+    with pytest.raises(ValueError, match="needs labelled validation sentences"):
+        OpenVINOBackend(max_drop=0.01).export(model, tokenizer, texts[:40], tmp_path / "x")
+    with pytest.raises(ValueError, match="max_drop is an accuracy drop in"):
+        OpenVINOBackend(max_drop=5)

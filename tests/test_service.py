@@ -188,6 +188,18 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         assert reply.startswith("HTTP/1.1 408") and "took over 2.0 s" in reply
         assert 1.5 < waited < 20
         assert httpx.get(f"{url}/health").status_code == 200  # and the service goes on
+        # the load test against this running service (no server of its own)
+        (tmp_path / "texts.csv").write_text("text\n" + "".join(f"{t.replace(',', ' ')}\n"
+                                                             for t in texts[:8]))
+        tested = subprocess.run([sys.executable, "scripts/load_test.py", "--url", url,
+                                 "--requests", "40", "--clients", "4", "--texts",
+                                 str(tmp_path / "texts.csv"), "--output", str(tmp_path)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert tested.returncode == 0, tested.stdout[-2000:] + tested.stderr[-2000:]
+        report = json.loads((tmp_path / "load_test.json").read_text())
+        assert report["url"] == url and report["model"] == str(tiny_classifier)
+        assert report["final"]["requests"] == 40 and report["final"]["errors"] == []
+        assert report["final"]["mismatches"] == [] and report["final"]["model_calls"] >= 1
         # the docs page in a real browser, every request for another host refused
         shot = tmp_path / "docs.png"
         browsed = subprocess.run([sys.executable, "scripts/demo_browser.py", f"{url}/docs",
@@ -200,8 +212,9 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
     finally:
         server.terminate()
         log = server.communicate(timeout=30)[1]
-    # one access line per request: the 20 good ones, the bad one, the slow client's 408
-    assert log.count("POST /predict 200 ") == 21 and log.count("POST /predict 408 ") == 1
+    # one access line per request
+    # the 20 good ones, the bad one and the load test's 40, and the slow client's 408
+    assert log.count("POST /predict 200 ") == 61 and log.count("POST /predict 408 ") == 1
     assert " GET /docs 200 " in log and " GET /static-offline-docs/swagger-ui-bundle.js 200 " in log
     offline = fincompress.load(tiny_classifier).predict(texts)
     assert [results[i].status_code for i in range(20)] == [200] * 20

@@ -98,16 +98,23 @@ def has_vnni(info: dict | None = None) -> bool:
 class OpenVINOBackend:
     name = "openvino"
 
-    def __init__(self, int8: bool = True, overflow_fix: str = "auto", subset_size: int = 300):
+    def __init__(self, int8: bool = True, overflow_fix: str = "auto", subset_size: int = 300,
+                 max_drop: float | None = None):
         resolve_overflow_fix(overflow_fix)  # a bad setting fails here, not after the export
+        if max_drop is not None and not 0 <= max_drop < 1:
+            raise ValueError(f"max_drop is an accuracy drop in [0, 1), got {max_drop}")
         self.int8 = int8
         self.overflow_fix = overflow_fix
         self.subset_size = subset_size
+        self.max_drop = max_drop
 
     def export(self, model: nn.Module, tokenizer, calibration: list[str], folder: Path,
-               max_length: int = 128) -> dict:
+               max_length: int = 128, validation: list[tuple[str, int]] | None = None) -> dict:
         """Write ``model.xml``/``model.bin`` and the tokenizer to ``folder``; returns what was
-        done (for ``checkpoint_info.json``)."""
+        done (for ``checkpoint_info.json``). With ``max_drop``, NNCF's accuracy-controlled
+        quantization keeps in float the layers whose INT8 form costs the most, until accuracy
+        on ``validation`` (labelled sentences: text, label index) is at most ``max_drop``
+        below the float model's."""
         try:
             import nncf
             import openvino as ov
@@ -125,27 +132,68 @@ class OpenVINOBackend:
             encoded = [tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
                        for text in calibration[:self.subset_size]]
             fix = resolve_overflow_fix(self.overflow_fix)
-            ov_model = nncf.quantize(ov_model, calibration_dataset(encoded),
-                                     model_type=nncf.ModelType.TRANSFORMER,
-                                     subset_size=len(encoded),
-                                     advanced_parameters=nncf_parameters(fix))
+            if self.max_drop is None:
+                ov_model = nncf.quantize(ov_model, calibration_dataset(encoded),
+                                         model_type=nncf.ModelType.TRANSFORMER,
+                                         subset_size=len(encoded),
+                                         advanced_parameters=nncf_parameters(fix))
+            else:
+                if not validation:
+                    raise ValueError("accuracy-controlled INT8 (max_drop) needs labelled "
+                                     "validation sentences")
+                ov_model = quantize_with_accuracy_control(
+                    ov_model, encoded, tokenizer, validation, max_length, self.max_drop, fix)
+                record.update(max_drop=self.max_drop, validation_sentences=len(validation))
             record.update(nncf=nncf.__version__, calibration_sentences=len(encoded),
                           overflow_fix=fix)
         save_openvino(ov_model, model, tokenizer, folder)
         return record
 
 
+def quantize_with_accuracy_control(ov_model, encoded: list, tokenizer,
+                                   validation: list[tuple[str, int]], max_length: int,
+                                   max_drop: float, fix: str):
+    """NNCF's accuracy-controlled INT8: validation accuracy (absolute) at most ``max_drop``
+    below the float model's."""
+    import nncf
+    import numpy as np
+
+    items = [(tokenizer(text, truncation=True, max_length=max_length, return_tensors="np"), label)
+             for text, label in validation]
+
+    def accuracy(compiled, data) -> float:
+        hits = [int(np.argmax(compiled({"input_ids": inputs["input_ids"],
+                                        "attention_mask": inputs["attention_mask"]})[0]) == label)
+                for inputs, label in data]
+        return float(np.mean(hits))
+
+    return nncf.quantize_with_accuracy_control(
+        ov_model, calibration_dataset(encoded),
+        nncf.Dataset(items, lambda item: {"input_ids": item[0]["input_ids"],
+                                          "attention_mask": item[0]["attention_mask"]}),
+        validation_fn=accuracy, max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE,
+        model_type=nncf.ModelType.TRANSFORMER, subset_size=len(encoded),
+        advanced_quantization_parameters=nncf_parameters(fix))
+
+
 class ONNXRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, int8: bool = True, per_channel: bool = False):
+    def __init__(self, int8: bool = True, per_channel: bool = False, mode: str = "dynamic",
+                 subset_size: int = 300):
+        if mode not in ("dynamic", "static"):
+            raise ValueError(f"ONNX Runtime INT8 mode must be dynamic or static, got {mode!r}")
         self.int8 = int8
         self.per_channel = per_channel
+        self.mode = mode
+        self.subset_size = subset_size
 
     def export(self, model: nn.Module, tokenizer, calibration: list[str], folder: Path,
                max_length: int = 128) -> dict:
-        """Write ``model.onnx`` and the tokenizer to ``folder``; ``calibration`` is unused (the
-        activations' ranges are measured at run time)."""
+        """Write ``model.onnx`` and the tokenizer to ``folder``. ``dynamic``: weights INT8,
+        activations quantized at run time (``calibration`` unused); ``static``: QDQ, with the
+        activations' ranges measured on ``calibration`` (one sentence at a time, as OpenVINO's
+        are), unsigned 8-bit activations and signed weights (ONNX Runtime's choice for x86)."""
         try:
             import onnx
             import onnxruntime
@@ -177,12 +225,44 @@ class ONNXRuntimeBackend:
             onnx.save(graph, exported)
             prepared = folder / "prepared.onnx"
             quant_pre_process(exported, prepared, skip_symbolic_shape=True)
-            quantize_dynamic(prepared, folder / "model.onnx", weight_type=QuantType.QInt8,
-                             per_channel=self.per_channel)
-            exported.unlink()
-            prepared.unlink()
-            record.update(mode="dynamic", per_channel=self.per_channel)
+            if self.mode == "static":
+                if not calibration:
+                    raise ValueError("static ONNX INT8 needs calibration sentences; the "
+                                     "calibration set is empty")
+                sentences = calibration[:self.subset_size]
+                quantize_static_qdq(prepared, folder / "model.onnx", tokenizer, sentences,
+                                    max_length, self.per_channel)
+                record.update(calibration_sentences=len(sentences))
+            else:
+                quantize_dynamic(prepared, folder / "model.onnx", weight_type=QuantType.QInt8,
+                                 per_channel=self.per_channel)
+            for leftover in folder.glob("*.onnx"):
+                if leftover.name != "model.onnx":
+                    leftover.unlink()
+            record.update(mode=self.mode, per_channel=self.per_channel)
         else:
             exported.rename(folder / "model.onnx")
         _save_side_files(model, tokenizer, folder)
         return record
+
+
+def quantize_static_qdq(source: Path, target: Path, tokenizer, sentences: list[str],
+                        max_length: int, per_channel: bool) -> None:
+    """ONNX Runtime's static quantization in QDQ format, its ranges calibrated (min-max) on
+    ``sentences`` fed one at a time."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Sentences(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([dict(tokenizer(text, truncation=True, max_length=max_length,
+                                              return_tensors="np", return_token_type_ids=False))
+                               for text in sentences])
+
+        def get_next(self):
+            item = next(self.items, None)
+            return None if item is None else {"input_ids": item["input_ids"].astype("int64"),
+                                              "attention_mask": item["attention_mask"].astype("int64")}
+
+    quantize_static(source, target, Sentences(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=per_channel)

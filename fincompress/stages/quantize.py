@@ -90,9 +90,15 @@ def export_int8(cfg: DictConfig, name: str, source_dir: Path, calibration: list[
     backend = instantiate(cfg.quantize.engines[name])
 
     def build(staging: Path) -> None:
-        model, tokenizer = load_classifier(str(source_dir), list(cfg.data.labels))
+        labels = list(cfg.data.labels)
+        model, tokenizer = load_classifier(str(source_dir), labels)
+        validation = None
+        if getattr(backend, "max_drop", None) is not None:  # accuracy control: on validation
+            validation = [(row.text, labels.index(row.label))
+                          for row in phrasebank_split(cfg).splits["val"]]
         record = backend.export(model, tokenizer, calibration, staging / "model",
-                                cfg.data.max_length)
+                                cfg.data.max_length, **({"validation": validation}
+                                                        if validation else {}))
         write_checkpoint_info(staging / "model", {
             "stage": "int8", "source": str(source_dir), "labels": list(cfg.data.labels),
             "steps": [record], "machine": machine})
