@@ -14,7 +14,9 @@ from fincompress.training import build_trainer
 
 from .conftest import CONF_DIR, compose_config
 
-CONFIG_FILES = sorted(CONF_DIR.rglob("*.yaml"))
+CONFIG_FILES = sorted(p for p in CONF_DIR.rglob("*.yaml")
+                      if not p.relative_to(CONF_DIR).as_posix().startswith("hydra/"))
+LAUNCHER_FILES = sorted((CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
 
 
 def overrides_for(path: Path) -> list[str]:
@@ -86,3 +88,16 @@ def test_config_composes_and_instantiates(path, tmp_path, data_dir, minilm_token
 
     trainer = build_trainer(cfg)
     assert trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("path", LAUNCHER_FILES, ids=lambda p: p.stem)
+def test_launcher_configs_compose_onto_submitit(path):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="fincompress.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={path.stem}"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher.")
+    assert launcher.timeout_min > 0 and launcher.tasks_per_node >= 1
+    if path.stem == "slurm":  # what a cluster user sets: partition, time, nodes, tasks, array
+        assert {"partition", "nodes", "array_parallelism", "signal_delay_s"} <= set(launcher)
