@@ -180,13 +180,14 @@ class ONNXRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, int8: bool = True, per_channel: bool = False, mode: str = "dynamic",
-                 subset_size: int = 300):
+                 subset_size: int = 300, static_ops: tuple[str, ...] = ("MatMul", "Gemm")):
         if mode not in ("dynamic", "static"):
             raise ValueError(f"ONNX Runtime INT8 mode must be dynamic or static, got {mode!r}")
         self.int8 = int8
         self.per_channel = per_channel
         self.mode = mode
         self.subset_size = subset_size
+        self.static_ops = list(static_ops)
 
     def export(self, model: nn.Module, tokenizer, calibration: list[str], folder: Path,
                max_length: int = 128) -> dict:
@@ -231,8 +232,8 @@ class ONNXRuntimeBackend:
                                      "calibration set is empty")
                 sentences = calibration[:self.subset_size]
                 quantize_static_qdq(prepared, folder / "model.onnx", tokenizer, sentences,
-                                    max_length, self.per_channel)
-                record.update(calibration_sentences=len(sentences))
+                                    max_length, self.per_channel, self.static_ops)
+                record.update(calibration_sentences=len(sentences), static_ops=self.static_ops)
             else:
                 quantize_dynamic(prepared, folder / "model.onnx", weight_type=QuantType.QInt8,
                                  per_channel=self.per_channel)
@@ -247,9 +248,10 @@ class ONNXRuntimeBackend:
 
 
 def quantize_static_qdq(source: Path, target: Path, tokenizer, sentences: list[str],
-                        max_length: int, per_channel: bool) -> None:
+                        max_length: int, per_channel: bool, ops: list[str]) -> None:
     """ONNX Runtime's static quantization in QDQ format, its ranges calibrated (min-max) on
-    ``sentences`` fed one at a time."""
+    ``sentences`` fed one at a time, of the ``ops`` only: quantizing every op also quantized
+    MPNet's position-id arithmetic, whose Gather then read out of bounds."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Sentences(CalibrationDataReader):
@@ -265,4 +267,4 @@ def quantize_static_qdq(source: Path, target: Path, tokenizer, sentences: list[s
 
     quantize_static(source, target, Sentences(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    per_channel=per_channel)
+                    per_channel=per_channel, op_types_to_quantize=ops)
