@@ -38,6 +38,8 @@ def main(cfg: DictConfig) -> float | None:
             raise InputError(f"task={cfg.task!r} is unknown; known: {', '.join(sorted(TASKS))}")
         check_config(cfg)
         info = TASKS[cfg.task](cfg)
+        # a rerun into the folder of a failed run: it no longer failed
+        (Path(cfg.paths.run_dir) / "FAILED.json").unlink(missing_ok=True)
     except InputError as error:
         mark_failed(cfg, error)
         print(f"error: {error}", file=sys.stderr)
