@@ -51,8 +51,10 @@ def free_port() -> int:
 
 def start_server(model: str, max_batch: int, max_wait_ms: float, threads: int | None):
     port = free_port()
+    # no access log: a line per request would fill the unread pipe and stall the server
     command = [sys.executable, "-m", "fincompress.cli", "serve", model, "--port", str(port),
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
+               "--no-access-log"]
     if threads:
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
