@@ -304,15 +304,8 @@ def evaluation_split(path: str | None, source, scratch: Path) -> tuple[Path, str
     beside = source.folder.parent / "split" / "test.csv"
     if beside.is_file():
         return beside, f"the source's test split ({beside})"
-    from fincompress.data.datamodule import phrasebank_split
-
-    cfg = compose_config(data_overrides())
-    try:
-        split = phrasebank_split(cfg)
-    except FileNotFoundError as error:
-        raise InputError(f"no test split to score the export on ({error}): give --eval FILE (a "
-                         "CSV with text and label columns), set FINCOMPRESS_DATA to the data "
-                         "folder (it holds financial_phrasebank/), or --no-eval") from None
+    _, split = data_folder_split("no test split to score the export on",
+                              "give --eval FILE (a CSV with text and label columns), or --no-eval")
     recorded = source.info.get("split_hash")
     if recorded and recorded != split.info["split_hash"]:
         raise InputError(f"{source.folder} was trained on another PhraseBank split (hash "
@@ -375,13 +368,8 @@ def data_overrides() -> list[str]:
 
 def validation_sentences(labels: list[str]) -> list[tuple[str, int]]:
     """The PhraseBank validation split (text, label index), for accuracy-controlled INT8."""
-    from fincompress.data.datamodule import phrasebank_split
-
-    try:
-        split = phrasebank_split(compose_config(data_overrides()))
-    except FileNotFoundError as error:
-        raise InputError(f"no PhraseBank validation split for --max-drop ({error}): set "
-                         "FINCOMPRESS_DATA to the data folder") from None
+    _, split = data_folder_split("no PhraseBank validation split for --max-drop",
+                                 "or leave it out")
     return [(row.text, labels.index(row.label)) for row in split.splits["val"]]
 
 
@@ -389,17 +377,24 @@ def training_sentences(count: int) -> list[str]:
     """The PhraseBank training split (never val or test), shuffled as PTQ calibrates, from the
     data directory (``FINCOMPRESS_DATA``, else ``../shared/data``, else the one beside this
     checkout)."""
-    from fincompress.data.datamodule import phrasebank_split
     from fincompress.data.phrasebank import calibration_texts
+
+    cfg, split = data_folder_split("no PhraseBank to calibrate INT8 on",
+                                   "or give --calibration FILE")
+    return calibration_texts(split.splits["train"], count, cfg.seed)
+
+
+def data_folder_split(problem: str, remedy: str):
+    """The default config and its PhraseBank split from the data folder; a missing data folder
+    is one error naming ``problem``, ``FINCOMPRESS_DATA`` and ``remedy``."""
+    from fincompress.data.datamodule import phrasebank_split
 
     cfg = compose_config(data_overrides())
     try:
-        split = phrasebank_split(cfg)
+        return cfg, phrasebank_split(cfg)
     except FileNotFoundError as error:
-        raise InputError(f"no PhraseBank to calibrate INT8 on ({error}): set FINCOMPRESS_DATA to "
-                         "the data folder (it holds financial_phrasebank/), or give "
-                         "--calibration FILE") from None
-    return calibration_texts(split.splits["train"], count, cfg.seed)
+        raise InputError(f"{problem} ({error}): set FINCOMPRESS_DATA to the data folder (it "
+                         f"holds financial_phrasebank/), {remedy}") from None
 
 
 def info(args) -> None:
