@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from fincompress.data.phrasebank import read_phrasebank
+from fincompress.hardware import native_bf16
 from fincompress.predict import SavedTokenizer
 
 from .conftest import PHRASEBANK_DIR, ROOT
@@ -97,9 +98,13 @@ def test_an_export_records_what_it_measured_and_info_shows_it(int8_artifacts, ti
         assert 0.5 <= record["agreement_with_source"] <= 1.0
         assert set(record["metrics"]) >= {"test/acc", "test/f1_macro", "test/f1_negative"}
         assert record["machine"]["cpu"] and record["machine"]["isa"] is not None
-        assert record["throughput_batch32"]["export"] > 0
+        speed = record["throughput_batch32"]
+        assert speed["export"] > 0 and speed["source_fp32"] > 0
+        # the source in bf16 too where this CPU has it: a speed-up not against fp32 alone
+        assert ("source_bf16" in speed) == native_bf16()[0]
         shown = describe(folder, record, "engine")
         assert "precision: int8" in shown and "label agreement with its source: " in shown
+        assert f"(the source: {speed['source_fp32']:,.0f} in fp32, " in shown
         assert f"f1_macro {record['metrics']['test/f1_macro']:.4f}" in shown
         assert f"measured on: {record['machine']['cpu']}" in shown
         assert f"lineage: {folder} <- {tiny_classifier}" in shown
