@@ -24,7 +24,7 @@ from fincompress.data.phrasebank import read_phrasebank
 from fincompress.errors import InputError, NotAModelError
 from fincompress.service import Batcher, RequestError, create_app
 
-from .conftest import ROOT, compose_config
+from .conftest import DATA_DIR, ROOT, TINY, compose_config
 
 SURROGATE = "\ud800"
 
@@ -93,6 +93,13 @@ def test_train_py_with_a_bad_value_exits_2_with_one_line_and_marks_the_run_faile
     assert "Traceback" not in result.stderr
     assert json.loads((run_dir / "FAILED.json").read_text())["failed"] is True
     assert not (tmp_path / "stages").exists()  # no work started
+    # the same run, fixed, into the same folder: it no longer says it failed
+    fixed = subprocess.run(
+        [sys.executable, "train.py", "+experiment=teacher", *TINY, f"paths.data_dir={DATA_DIR}",
+         f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert not (run_dir / "FAILED.json").exists() and (run_dir / "model").is_dir()
 
 
 def test_a_decoder_as_teacher_is_refused_before_any_work(tmp_path):
