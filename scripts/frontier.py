@@ -69,11 +69,16 @@ def train(folder: Path, overrides: list[str], label: str, results: str = "result
 
 
 def student_overrides(name: str) -> list[str]:
-    """``minilm_lN``: the minilm_l2 config with N layers; else a student config's name."""
-    layers = re.fullmatch(r"minilm_l(\d+)", name)
-    if layers:
-        return ["student=minilm_l2", f"student.model.num_layers={layers[1]}"]
-    return [f"student={name}"]
+    """``minilm_lN``: the minilm_l2 config with N layers; ``minilm_lN_hH_fF``: narrowed to H
+    heads and F FFN neurons per layer (width-pruned before distillation); else a student
+    config's name."""
+    shape = re.fullmatch(r"minilm_l(\d+)(?:_h(\d+))?(?:_f(\d+))?", name)
+    if not shape:
+        return [f"student={name}"]
+    layers, heads, ffn = shape.groups()
+    return ["student=minilm_l2", f"student.model.num_layers={layers}", f"student.name={name}",
+            *([f"student.model.heads={heads}"] if heads else []),
+            *([f"student.model.intermediate_size={ffn}"] if ffn else [])]
 
 
 def p99_length(overrides: list[str]) -> int:
@@ -232,7 +237,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--students", default="minilm_l2",
                         help="students, comma-separated: minilm_lN (N of MiniLM-L6's layers, "
-                             "every other one from the 2nd) or any student config name")
+                             "every other one from the 2nd), minilm_lN_hH_fF (each layer "
+                             "narrowed to H heads and F FFN neurons) or any student config name")
     parser.add_argument("--no-static", action="store_true", help="leave out the static tier")
     parser.add_argument("--output-root", default="outputs")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, after --")

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from fincompress.artifacts import save_model_folder
 from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.news import NewsCorpus
 from fincompress.data.phrasebank import comparable, read_split_file
@@ -338,14 +339,31 @@ def test_tinybert_refuses_a_student_with_another_tokenizer_before_labelling(
     assert not list((tmp_path / "stages").glob("[!.]*/*"))  # nothing half-made was stored
 
 
-def test_students_are_built_as_configured(teacher_dir):
-    teacher, _ = load_classifier(str(teacher_dir), LABELS)
+def test_students_are_built_as_configured(teacher_dir, tmp_path):
+    teacher, teacher_tokenizer = load_classifier(str(teacher_dir), LABELS)
     student, _ = truncated_student(str(teacher_dir), LABELS, num_layers=2, strategy="every_other")
     for kept, original in zip(student.bert.encoder.layer, [1, 3]):
         torch.testing.assert_close(kept.state_dict(),
                                    teacher.bert.encoder.layer[original].state_dict())
     with pytest.raises(ValueError, match="cannot keep 3 layers"):
         truncated_student(str(teacher_dir), LABELS, num_layers=3, strategy="every_other")
+    # narrow: each kept layer keeps its loudest head and FFN neurons, and reloads as saved
+    with torch.no_grad():
+        teacher.bert.encoder.layer[3].intermediate.dense.weight[7] *= 50
+    save_model_folder(teacher, teacher_tokenizer, tmp_path / "louder", {"labels": LABELS})
+    narrow, tokenizer = truncated_student(str(tmp_path / "louder"), LABELS, num_layers=2,
+                                          heads=1, intermediate_size=16)
+    layers = narrow.bert.encoder.layer
+    assert [layer.attention.self.num_attention_heads for layer in layers] == [1, 1]
+    assert [layer.intermediate.dense.out_features for layer in layers] == [16, 16]
+    torch.testing.assert_close(layers[1].intermediate.dense.weight.abs().amax(),
+                               teacher.bert.encoder.layer[3].intermediate.dense.weight[7].abs().max())
+    save_model_folder(narrow, tokenizer, tmp_path / "narrow", {"labels": LABELS})
+    reloaded, _ = load_classifier(str(tmp_path / "narrow"), LABELS)
+    ids = tokenizer(["Profit rose."], return_tensors="pt")
+    torch.testing.assert_close(reloaded.eval()(**ids).logits, narrow.eval()(**ids).logits)
+    with pytest.raises(ValueError, match="student.model.heads=3: each layer has 2"):
+        truncated_student(str(teacher_dir), LABELS, num_layers=2, heads=3)
     tiny, _ = encoder_from_config(str(teacher_dir), LABELS, num_hidden_layers=4, hidden_size=384,
                                   num_attention_heads=6, intermediate_size=1536)
     config = tiny.config

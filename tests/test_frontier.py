@@ -1,12 +1,14 @@
 """The frontier's parts: the robustness hold-out, labelling through the teacher's fastest
 faithful form, and the model2vec static tier opened and scored like any artifact."""
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from fincompress.data.news import add_sentences, build_news_corpus, held_out, robustness_holdout
 from fincompress.data.phrasebank import comparable
@@ -17,7 +19,7 @@ from fincompress.stages import pseudo_labels as pseudo_label_module
 from fincompress.stages.distill import labelling_rule
 from fincompress.stages.teacher import ensure_teacher
 
-from .conftest import NEWS_DIR, TINY, compose_config
+from .conftest import NEWS_DIR, ROOT, TINY, compose_config
 
 LABELS = ["negative", "neutral", "positive"]
 HOLDOUT = {"fraction": 0.1, "seed": 0,
@@ -232,3 +234,19 @@ def test_fincompress_load_opens_a_static_classifier(static_pipeline):
     assert answers[0]["label"] == expected and answers[0]["tokens"] > 0
     assert answers[1]["label"] is None  # empty text: no prediction, as for every engine
     assert answers[2]["truncated"] and answers[2]["tokens"] == 128
+
+
+def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "scripts" / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    cfg = compose_config([*frontier.student_overrides("minilm_l2_h4_f512"), "+experiment=kd"], tmp_path)
+    assert cfg.student.name == "minilm_l2_h4_f512"
+    model, _ = instantiate(cfg.student.model)
+    layers = model.bert.encoder.layer
+    assert len(layers) == 2
+    assert [layer.attention.self.num_attention_heads for layer in layers] == [4, 4]
+    assert [layer.intermediate.dense.out_features for layer in layers] == [512, 512]
+    assert frontier.student_overrides("minilm_l1") == [
+        "student=minilm_l2", "student.model.num_layers=1", "student.name=minilm_l1"]
+    assert frontier.student_overrides("tiny") == ["student=tiny"]

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from fincompress.compress.importance import attention_entropy, gate_importance, lowest
+from fincompress.compress.importance import (attention_entropy, gate_importance, lowest,
+                                              weight_magnitude)
 from fincompress.compress.prune import layer_parts, prune_heads
 
 from .test_prune import HEAD_SIZE, batch, tiny
@@ -66,3 +67,18 @@ def test_rounded_selection_keeps_a_multiple_per_layer_and_drops_the_lowest_withi
     for positions in chosen.values():  # within a layer, the lowest go first
         assert positions == list(range(len(positions)))
     assert 18 not in chosen.get(2, []) and 19 not in chosen.get(2, [])
+
+
+def test_weight_magnitude_ranks_silenced_units_lowest_without_data():
+    model = tiny("bert")
+    parts = layer_parts(model)
+    with torch.no_grad():  # head 1 of layer 0 writes nothing; neuron 5 of layer 2 reads nothing
+        parts[0].attention_output.weight[:, HEAD_SIZE:2 * HEAD_SIZE] = 0
+        parts[2].intermediate.weight[5] = 0
+        parts[1].value.weight[3 * HEAD_SIZE:] *= 100  # head 3 of layer 1 reads much louder
+    prune_heads(model, {2: [0]})
+    heads, neurons = weight_magnitude(model)
+    assert heads.shape == (3, 4) and neurons.shape == (3, 48)
+    assert heads[0, 1] == 0 and heads[1].argmax() == 3 and heads[2, 3].isnan()
+    assert neurons[2, 5] == 0 and (neurons.flatten() > 0).sum() == 3 * 48 - 1
+    assert lowest(heads, 1) == {0: [1]} and lowest(neurons, 1) == {2: [5]}

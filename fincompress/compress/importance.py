@@ -6,6 +6,9 @@
   normalised per layer (L2), as in the paper, so that layers compare.
 - :func:`attention_entropy`: the mean entropy of each head's attention distribution over real
   tokens; diffuse heads (high entropy) are candidates to prune first.
+- :func:`weight_magnitude`: data-free, for a pretrained encoder that has no task yet (narrow
+  students cut before distillation): a head's (neuron's) importance is the norm of the
+  weights that read into it times the norm of the weights that write its output.
 
 Both return tensors shaped (layers, units), with NaN where a layer has fewer units than the
 widest one (after earlier pruning), so that removed units are never selected again.
@@ -121,3 +124,24 @@ def lowest(scores: torch.Tensor, count: int, multiple: int = 1) -> dict[int, lis
             row = scores[layer].nan_to_num(float("inf"))
             selection[layer] = sorted(row.argsort()[:int(remove[layer])].tolist())
     return selection
+
+
+@torch.no_grad()
+def weight_magnitude(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Data-free importance: per head, the norm of its query, key and value rows times the norm
+    of its output-projection columns; per FFN neuron, the norm of its input row times the norm
+    of its output column. Shapes and NaN as :func:`gate_importance`."""
+    heads, neurons = unit_counts(model)
+    head_scores = torch.zeros(len(heads), max(max(heads), 1))
+    neuron_scores = torch.zeros(len(neurons), max(max(neurons), 1))
+    for layer, part in enumerate(layer_parts(model)):
+        if heads[layer]:
+            size = part.attention_output.in_features // heads[layer]
+            reads = sum(linear.weight.float().reshape(heads[layer], size, -1).pow(2).sum((1, 2))
+                        for linear in (part.query, part.key, part.value)).sqrt()
+            writes = part.attention_output.weight.float().reshape(-1, heads[layer], size).norm(
+                dim=(0, 2))
+            head_scores[layer, :heads[layer]] = reads * writes
+        neuron_scores[layer, :neurons[layer]] = (part.intermediate.weight.float().norm(dim=1)
+                                                 * part.ffn_output.weight.float().norm(dim=0))
+    return _mask(head_scores, heads), _mask(neuron_scores, neurons)
