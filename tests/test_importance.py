@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from fincompress.compress.importance import (attention_entropy, gate_importance, lowest,
-                                              weight_magnitude)
+from fincompress.compress.importance import attention_entropy, gate_importance, lowest, weight_magnitude
 from fincompress.compress.prune import layer_parts, prune_heads
 
 from .test_prune import HEAD_SIZE, batch, tiny
