@@ -20,6 +20,7 @@ from fincompress.files import write_json
 from fincompress.stages.benchmark import run_benchmark
 from fincompress.stages.compress import run_compress
 from fincompress.stages.distill import run_distill
+from fincompress.stages.label import run_label
 from fincompress.stages.prune import run_prune
 from fincompress.stages.qat import run_qat
 from fincompress.stages.quantize import run_ptq
@@ -28,7 +29,7 @@ from fincompress.stages.teacher import train_teacher
 
 TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
          "ptq": run_ptq, "qat": run_qat, "static": run_static,
-         "compress": run_compress, "benchmark": run_benchmark}
+         "compress": run_compress, "benchmark": run_benchmark, "label": run_label}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://fincompress.conf", config_name="train")

@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fincompress.files import atomic_folder, write_json
@@ -71,10 +71,19 @@ def tokenizer_rules(state: dict) -> str:
     return json.dumps(state, sort_keys=True)
 
 
+def stored(root: str | Path, stage: str, inputs: dict) -> Path | None:
+    """The finished stage's folder for ``inputs``, or None."""
+    folder = Path(root) / "stages" / stage / stage_key(inputs)
+    return folder if (folder / RECORD).is_file() else None
+
+
 def ensure_stage(root: str | Path, stage: str, inputs: dict,
-                 build: Callable[[Path], None]) -> tuple[Path, bool]:
+                 build: Callable[[Path], None], wait: bool = True) -> tuple[Path | None, bool]:
     """The stage's folder for ``inputs``: stored earlier, or made now by ``build(staging)``,
     which writes the stage's files into the (empty, existing) ``staging`` folder.
+
+    ``wait=False``: while another process builds it, return ``(None, False)`` at once instead
+    of waiting for it (workers that share a list of stages take the next free one).
 
     Returns:
         ``(folder, reused)``.
@@ -86,7 +95,12 @@ def ensure_stage(root: str | Path, stage: str, inputs: dict,
     locks = Path(root) / "stages" / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(locks / f"{stage}-{key}.lock"):
+    lock = FileLock(locks / f"{stage}-{key}.lock", timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None, False
+    try:
         if (folder / RECORD).is_file():  # another run built it while this one waited
             return folder, True
         for stale in folder.parent.glob(f".{key}.*.partial"):  # left by a killed run
@@ -99,4 +113,6 @@ def ensure_stage(root: str | Path, stage: str, inputs: dict,
                         "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                         "inputs": {name: _plain(value) for name, value in inputs.items()}},
                        staging / RECORD)
+    finally:
+        lock.release()
     return folder, False

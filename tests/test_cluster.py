@@ -1,11 +1,17 @@
 """Beyond one machine: the README's temperature sweep through Hydra's submitit launcher (its
-local executor, what the SLURM launcher does without a cluster)."""
+local executor, what the SLURM launcher does without a cluster), and pseudo-labelling in
+stored shards that several workers share and a killed run resumes."""
 
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
+import torch
+
+from fincompress.stages.pseudo_labels import label_in_shards
 
 from .conftest import DATA_DIR, ROOT, TINY
 
@@ -27,3 +33,75 @@ def test_the_temperature_sweep_runs_through_the_submitit_launcher(tmp_path, data
         assert (job / "student" / "checkpoint_info.json").is_file()
     # each job ran as its own submitit job, with its log
     assert len(list((tmp_path / "multirun" / ".submitit").rglob("*_log.out"))) == 3
+
+
+def test_shards_are_labelled_once_split_between_workers_and_resumed_after_a_kill(tmp_path):
+    sentences = [f"sentence {i}" for i in range(50)]
+    inputs = {"teacher_fingerprint": "t", "corpus_fingerprint": "c", "labels": ["a", "b"],
+              "max_length": 8, "precision": "32-true"}
+    calls: list[tuple[str, list[int]]] = []
+
+    def labeller(name: str, fail_at: int | None = None, pause: float = 0.0):
+        def label(rows: list[int]):
+            if fail_at is not None and len(calls) == fail_at:
+                raise KeyboardInterrupt("killed")
+            calls.append((name, rows))
+            time.sleep(pause)
+            logits = torch.tensor([[float(row), -float(row)] for row in rows])
+            return logits, torch.zeros(len(rows), 1, 2, dtype=torch.float16)
+        return label
+
+    # a worker killed during its third shard: the next run labels only what is left
+    with pytest.raises(KeyboardInterrupt):
+        label_in_shards(tmp_path, inputs, sentences, 8, labeller("killed", fail_at=2))
+    assert [rows[0] for _, rows in calls] == [0, 8]
+    logits, cls = label_in_shards(tmp_path, inputs, sentences, 8, labeller("rerun"))
+    assert [rows[0] for name, rows in calls if name == "rerun"] == [16, 24, 32, 40, 48]
+    torch.testing.assert_close(logits[:, 0], torch.arange(50.0))
+    assert cls.shape == (50, 1, 2)
+    assert len(list((tmp_path / "stages" / "pseudo_label_shards").glob("[!.]*"))) == 7
+
+    # two workers at once on another corpus: each shard labelled once, by one or the other
+    calls.clear()
+    others = [f"other {i}" for i in range(60)]
+    results = {}
+    workers = [threading.Thread(target=lambda name=name: results.__setitem__(
+        name, label_in_shards(tmp_path, inputs, others, 10, labeller(name, pause=0.2))[0]))
+        for name in ("first", "second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sorted(rows[0] for _, rows in calls) == [0, 10, 20, 30, 40, 50]  # each once
+    assert {name for name, _ in calls} == {"first", "second"}  # the work was shared
+    torch.testing.assert_close(results["first"], results["second"])
+    torch.testing.assert_close(results["first"][:, 0], torch.arange(60.0))
+
+
+def test_two_label_workers_build_the_same_cache_as_one_unsharded_run(tmp_path, data_dir):
+    settings = [*TINY, "+experiment=label", "news.max_sentences=300",
+                "distill.pseudo_label.batch_size=16", f"paths.data_dir={DATA_DIR}"]
+    # both workers need the teacher: one trains it (stored), the other waits for it
+    sharded = [*settings, "distill.pseudo_label.shard_size=64", f"paths.output_root={tmp_path / 'a'}"]
+    workers = [subprocess.Popen([sys.executable, "train.py", *sharded, f"worker={i}"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for i in range(2)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    (teacher_dir,) = (tmp_path / "a" / "stages" / "teacher").glob("[!.]*/model")
+    one = subprocess.run([sys.executable, "train.py", *settings, f"teacher_checkpoint={teacher_dir}",
+                          "distill.pseudo_label.shard_size=null",
+                          f"paths.output_root={tmp_path / 'b'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (cache,) = (tmp_path / "a" / "stages" / "pseudo_labels").glob("[!.]*/labels.pt")
+    (single,) = (tmp_path / "b" / "stages" / "pseudo_labels").glob("[!.]*/labels.pt")
+    cache, single = torch.load(cache), torch.load(single)
+    assert cache["sentences"] == single["sentences"] and len(cache["sentences"]) == 300
+    # the same logits, up to bf16 rounding where bf16 is native (shards pad batches differently)
+    torch.testing.assert_close(cache["logits"], single["logits"], atol=5e-3, rtol=0)
+    shards = list((tmp_path / "a" / "stages" / "pseudo_label_shards").glob("[!.]*/report.json"))
+    assert len(shards) == 5  # 300 sentences in shards of 64, each built once
+    report = json.loads(next((tmp_path / "a" / "stages" / "pseudo_labels").glob(
+        "[!.]*/report.json")).read_text())
+    assert report["shard_size"] == 64 and report["sentences"] == 300

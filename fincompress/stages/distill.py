@@ -262,6 +262,7 @@ def stage1_inputs(cfg: DictConfig, pseudo_inputs: dict) -> dict:
     pseudo_label_settings = OmegaConf.to_container(cfg.distill.pseudo_label, resolve=True)
     if not pseudo_label_settings.get("augment", {}).get("variants_per_sentence"):
         pseudo_label_settings.pop("augment", None)  # augmentation counts only when it is on
+    pseudo_label_settings.pop("shard_size", None)  # how the labelling was split, not its labels
     return {"student": {key: value for key, value in student.items()
                         if not key.startswith("stage2_")},
             "method": cfg.method, "pseudo_label": pseudo_label_settings,
@@ -359,7 +360,8 @@ def label_news(cfg: DictConfig, teacher_dir: Path, split, news, teacher: tuple,
     return pseudo_label(teacher_dir, news.corpus, cfg.paths.output_root, list(cfg.data.labels),
                         cfg.distill.pseudo_label.batch_size, cfg.news.max_length,
                         input_ids=news.dataset.input_ids, teacher=teacher,
-                        precision=rule or cfg.trainer.precision, labeller=labeller)
+                        precision=rule or cfg.trainer.precision, labeller=labeller,
+                        shard_size=cfg.distill.pseudo_label.shard_size)
 
 
 def labelling_rule(cfg: DictConfig) -> str | None:

@@ -17,20 +17,24 @@ throughput, and for ``fastest`` every form's agreement and speed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from fincompress.data.news import NewsCorpus
 from fincompress.files import write_json
 from fincompress.predict import TorchPredictor, load
 from fincompress.scoring import score
 from fincompress.stages.quantize import export_int8
-from fincompress.store import ensure_stage, folder_fingerprint
+from fincompress.store import ensure_stage, folder_fingerprint, stored
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
                  labels: list[str], batch_size: int = 128, max_length: int = 128,
                  input_ids: list[list[int]] | None = None,
                  teacher: tuple | None = None, precision: str = "32-true",
-                 labeller=None) -> PseudoLabels:
+                 labeller=None, shard_size: int | None = None) -> PseudoLabels:
     """Label ``corpus`` with the teacher, or load the stored labels for this teacher + corpus
     (stage ``pseudo_labels`` of the store under ``output_root``).
 
@@ -103,39 +107,66 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
     ``labeller``, the name of the rule that picks the labelling form (part of the store key);
     ``labeller``: a function of nothing returning ``(form, folder, precision, record)`` (see
     :func:`fastest_faithful_teacher`), called only when something is left to label: the
-    teacher form that labels, without [CLS] states (``cls`` is then empty).
+    teacher form that labels, without [CLS] states (``cls`` is then empty);
+    ``shard_size``: label in shards of this many sentences, each a stored stage
+    (:func:`label_in_shards`): any number of processes, on any machines that share
+    ``output_root``, label one corpus together, and a killed run resumes at its first
+    unfinished shard. None: in one piece.
     """
     inputs = pseudo_label_inputs(teacher_dir, corpus, labels, max_length, precision)
+    loaded: dict = {}
+
+    def predictor():
+        """The labelling form, loaded once (and chosen, for ``labeller``) when first needed."""
+        if not loaded:
+            if labeller is None:
+                model, tokenizer = teacher or (None, None)
+                loaded.update(predictor=TorchPredictor(teacher_dir, labels, precision, model,
+                                                       tokenizer), form=f"torch {precision}")
+            else:
+                form, folder, form_precision, record = labeller()
+                loaded.update(predictor=load(folder, labels, form_precision), form=form,
+                              labeller=record)
+        return loaded["predictor"]
+
+    def label(indices: list[int], description: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and [CLS] states (empty through a ``labeller``) of these sentences."""
+        ids = (predictor().encode([corpus.sentences[i] for i in indices], max_length)
+               if input_ids is None else [input_ids[i] for i in indices])
+        if labeller is None:
+            logits, cls = predictor().logits_ids(ids, batch_size, cls_states=True,
+                                                 description=description)
+        else:
+            logits = predictor().logits_ids(ids, batch_size, description=description)
+            cls = torch.empty(len(ids), 0, 0, dtype=torch.float16)
+        return torch.from_numpy(logits), cls
+
+    def unlabelled() -> tuple:
+        logits, cls, found = labelled_before(Path(output_root), inputs, corpus.sentences)
+        return logits, cls, found, [i for i, copied in enumerate(found) if not copied]
+
+    def label_missing(missing: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if shard_size:
+            return label_in_shards(output_root, inputs, [corpus.sentences[i] for i in missing],
+                                   shard_size, lambda rows: label([missing[r] for r in rows],
+                                                                  "pseudo-labelling a shard"))
+        return label(missing, "pseudo-labelling news")
 
     def build(staging: Path) -> None:
-        logits, cls, found = labelled_before(Path(output_root), inputs, corpus.sentences)
-        missing = [i for i, copied in enumerate(found) if not copied]
+        logits, cls, found, missing = unlabelled()
         log.info("pseudo-labels: %d of %d sentences copied from earlier caches, %d to label",
                  len(found) - len(missing), len(found), len(missing))
         speed = {}
         if missing:
-            if labeller is None:
-                model, tokenizer = teacher or (None, None)
-                predictor = TorchPredictor(teacher_dir, labels, precision, model, tokenizer)
-            else:
-                form, folder, form_precision, speed["labeller"] = labeller()
-                predictor = load(folder, labels, form_precision)
-            ids = (predictor.encode([corpus.sentences[i] for i in missing], max_length)
-                   if input_ids is None else [input_ids[i] for i in missing])
             clock = time.perf_counter()
-            if labeller is None:
-                new_logits, new_cls = predictor.logits_ids(ids, batch_size, cls_states=True,
-                                                           description="pseudo-labelling news")
-            else:
-                new_logits = predictor.logits_ids(ids, batch_size,
-                                                  description=f"pseudo-labelling news ({form})")
-                new_cls = torch.empty(len(ids), 0, 0, dtype=torch.float16)
-            new_logits = torch.from_numpy(new_logits)
+            new_logits, new_cls = label_missing(missing)
             seconds = time.perf_counter() - clock
-            speed.update(labelled=len(ids), labelling_s=round(seconds, 1),
-                         labelling_sentences_per_s=round(len(ids) / seconds, 1))
-            log.info("pseudo-labels: %d sentences in %.1f s (%.1f sentences/s)", len(ids),
-                     seconds, len(ids) / seconds)
+            if loaded:  # labelled here, not only read from shards other workers made
+                speed.update(labeller=loaded.get("labeller"), labelled_by=loaded["form"])
+            speed.update(labelled=len(missing), labelling_s=round(seconds, 1),
+                         labelling_sentences_per_s=round(len(missing) / seconds, 1))
+            log.info("pseudo-labels: %d sentences in %.1f s (%.1f sentences/s)", len(missing),
+                     seconds, len(missing) / seconds)
             if logits is None:
                 logits = torch.empty(len(corpus.sentences), new_logits.shape[1])
                 cls = torch.empty(len(corpus.sentences), *new_cls.shape[1:], dtype=new_cls.dtype)
@@ -147,16 +178,74 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
         report = label_report(result)
         report.update(teacher=str(teacher_dir), **inputs, **speed,
                       copied_from_earlier_caches=len(found) - len(missing),
-                      corpus_counts=corpus.counts, per_file=corpus.per_file)
+                      shard_size=shard_size, corpus_counts=corpus.counts,
+                      per_file=corpus.per_file)
         write_json(report, staging / "report.json")
         save_confidence_histogram(result, staging / "confidence_histogram.png")
         log.info("pseudo-labels: %s",
                  json.dumps({k: report[k] for k in ("sentences", "label_share")}))
 
+    if shard_size and not stored(output_root, "pseudo_labels", inputs):
+        # the shards first, outside the cache's lock, so that other workers label beside this one
+        *_, missing = unlabelled()
+        if missing:
+            label_missing(missing)
     folder, reused = ensure_stage(output_root, "pseudo_labels", inputs, build)
     if reused:
         log.info("reusing pseudo-labels %s", folder)
     return load_pseudo_labels(folder, reused)
+
+
+def label_in_shards(output_root: str | Path, inputs: dict, sentences: list[str],
+                    shard_size: int, label) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits and [CLS] states of ``sentences``, labelled in shards of ``shard_size``, each
+    a stored stage (``pseudo_label_shards``) keyed by the cache's ``inputs`` without the corpus
+    and by the shard's own sentences. A shard another process is labelling is skipped and
+    read once it is done, so workers that share ``output_root`` (on one machine or many, over
+    a shared file system) split the work without talking to each other; a shard is built once,
+    and a killed run leaves every finished shard for the next. ``label(rows)`` labels the
+    sentences at those positions of ``sentences``."""
+    shared = {key: value for key, value in inputs.items() if key != "corpus_fingerprint"}
+    shards = [list(range(start, min(start + shard_size, len(sentences))))
+              for start in range(0, len(sentences), shard_size)]
+    folders: dict[int, Path] = {}
+
+    def shard_inputs(rows: list[int]) -> dict:
+        text = "\n".join(sentences[row] for row in rows)
+        return {**shared, "sentences": hashlib.sha256(text.encode()).hexdigest()[:16],
+                "count": len(rows)}
+
+    def build(staging: Path, rows: list[int]) -> None:
+        clock = time.perf_counter()
+        logits, cls = label(rows)
+        torch.save({"sentences": [sentences[row] for row in rows], "logits": logits, "cls": cls},
+                   staging / "shard.pt")
+        seconds = time.perf_counter() - clock
+        write_json({"sentences": len(rows), "labelling_s": round(seconds, 1),
+                    "sentences_per_s": round(len(rows) / seconds, 1),
+                    "host": socket.gethostname(), "pid": os.getpid()}, staging / "report.json")
+
+    built = 0
+    with tqdm(total=len(shards), desc="pseudo-label shards", unit="shard") as progress:
+        for wait in (False, True):  # first the free shards, then those others were labelling
+            for index, rows in enumerate(shards):
+                if index in folders:
+                    continue
+                folder, reused = ensure_stage(output_root, "pseudo_label_shards",
+                                              shard_inputs(rows),
+                                              lambda staging, rows=rows: build(staging, rows),
+                                              wait=wait)
+                if folder is not None:
+                    folders[index] = folder
+                    built += not reused
+                    progress.update()
+    log.info("pseudo-label shards: %d of %d labelled by this process", built, len(shards))
+    parts = [torch.load(folders[index] / "shard.pt") for index in range(len(shards))]
+    for index, (part, rows) in enumerate(zip(parts, shards)):
+        if part["sentences"] != [sentences[row] for row in rows]:
+            raise RuntimeError("a pseudo-label shard does not hold the sentences its key names: "
+                               f"{folders[index]}")
+    return torch.cat([part["logits"] for part in parts]), torch.cat([part["cls"] for part in parts])
 
 
 def labelled_before(output_root: Path, inputs: dict, sentences: list[str]):
