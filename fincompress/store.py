@@ -17,6 +17,7 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -27,6 +28,8 @@ from fincompress.files import atomic_folder, write_json
 log = logging.getLogger(__name__)
 
 RECORD = "stage.json"
+# the folder where the stage being built keeps what a rerun resumes from (training checkpoints)
+_RESUME: ContextVar[Path | None] = ContextVar("resume_folder", default=None)
 # files of a model folder that describe a run, not the model
 UNHASHED_FILES = ("checkpoint_info.json", "stage.json", "test_split.csv")
 
@@ -71,6 +74,14 @@ def tokenizer_rules(state: dict) -> str:
     return json.dumps(state, sort_keys=True)
 
 
+def resume_folder() -> Path | None:
+    """Inside a stage's ``build``: a folder that outlives the build when it is killed or
+    preempted, the same for every build of that stage and key, and removed once the stage is
+    stored (``<root>/stages/.resume/<stage>-<key>``); training keeps its checkpoints there so
+    that a rerun resumes. None outside a build."""
+    return _RESUME.get()
+
+
 def stored(root: str | Path, stage: str, inputs: dict) -> Path | None:
     """The finished stage's folder for ``inputs``, or None."""
     folder = Path(root) / "stages" / stage / stage_key(inputs)
@@ -106,13 +117,19 @@ def ensure_stage(root: str | Path, stage: str, inputs: dict,
         for stale in folder.parent.glob(f".{key}.*.partial"):  # left by a killed run
             log.info("removing %s, left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
-        # a folder without a record is not a finished stage: atomic_folder replaces it
-        with atomic_folder(folder) as staging:
-            build(staging)
-            write_json({"stage": stage, "key": key,
-                        "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                        "inputs": {name: _plain(value) for name, value in inputs.items()}},
-                       staging / RECORD)
+        resume = Path(root) / "stages" / ".resume" / f"{stage}-{key}"
+        token = _RESUME.set(resume)
+        try:
+            # a folder without a record is not a finished stage: atomic_folder replaces it
+            with atomic_folder(folder) as staging:
+                build(staging)
+                write_json({"stage": stage, "key": key, "built": datetime.datetime.now(
+                    datetime.UTC).isoformat(timespec="seconds"),
+                    "inputs": {name: _plain(value) for name, value in inputs.items()}},
+                    staging / RECORD)
+        finally:
+            _RESUME.reset(token)
+        shutil.rmtree(resume, ignore_errors=True)
     finally:
         lock.release()
     return folder, False

@@ -1,11 +1,24 @@
 """What every training stage does around Lightning: build the Trainer, fit a
 ``ClassifierModule`` and keep its best epoch, and the two fits that several stages share
-(fine-tuning on PhraseBank gold labels, and KD fine-tuning against a teacher's logits)."""
+(fine-tuning on PhraseBank gold labels, and KD fine-tuning against a teacher's logits).
+
+Preemption: a fit inside a stored stage's build keeps its checkpoints in the stage's resume
+folder (:func:`fincompress.store.resume_folder`). SIGUSR1 (what SLURM sends before a time
+limit or preemption, with ``--signal=USR1@90``) or SIGTERM makes :class:`Preemption` save a
+checkpoint at the end of the current batch, with the position in the epoch's batches and the
+random states, ask SLURM to requeue the job, and stop; the rerun of the same command resumes
+from it and ends as the uninterrupted run would. A run killed outright resumes from the last
+epoch's checkpoint.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
+import random
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +30,60 @@ from fincompress.data.batching import TokenizedDataset, length_grouped_loader
 from fincompress.distill.kd import KDLoss
 from fincompress.hardware import machine_record, resolve_precision
 from fincompress.module import ClassifierModule
+from fincompress.store import resume_folder
+
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class Preemption(L.Callback):
+    """On SIGUSR1 or SIGTERM: a checkpoint at the end of the current batch (``path``), SLURM
+    asked to requeue the job, and the process stopped. The checkpoint carries how many of the
+    epoch's batches were trained and the random states, so that a resumed fit skips exactly
+    those batches and draws the same dropout masks.
+
+    Lightning's own SLURM handler saves from inside the signal handler, possibly in the middle
+    of an optimizer step, and its loaders restart the epoch from the first batch; so this one
+    replaces it while the fit runs (Lightning restores the handlers afterwards)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.received: int | None = None
+        self.position: dict = {}
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        def note(signum, frame):
+            self.received = signum
+
+        for signum in PREEMPTION_SIGNALS:
+            signal.signal(signum, note)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        if self.position and hasattr(sampler, "skip"):
+            sampler.skip = self.position["batches_done"]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is None:
+            return
+        self.position = {"batches_done": batch_idx + 1}
+        trainer.save_checkpoint(self.path.with_suffix(".partial"))
+        os.replace(self.path.with_suffix(".partial"), self.path)
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
+        if job:
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        raise SystemExit(f"stopped by signal {signal.Signals(self.received).name}: checkpoint "
+                         f"{self.path}; run the same command again to resume"
+                         + (f" (SLURM job {job} requeued)" if job else ""))
+
+    def state_dict(self) -> dict:
+        return {**self.position, "torch": torch.get_rng_state(), "python": random.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "batches_done" in state:
+            self.position = {"batches_done": state["batches_done"]}
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
 
 
 def choose_precision(cfg: DictConfig) -> dict:
@@ -49,11 +116,12 @@ def stage_config(cfg: DictConfig, output_dir: str | Path, **trainer_overrides) -
     return stage
 
 
-def build_trainer(cfg: DictConfig, prefix: str = "") -> L.Trainer:
-    """The configured Trainer (``precision: auto`` resolved for this machine); ``prefix`` keeps
-    each stage's metrics apart in a shared logger."""
+def build_trainer(cfg: DictConfig, prefix: str = "", callbacks: list | None = None) -> L.Trainer:
+    """The configured Trainer (``precision: auto`` resolved for this machine), with the
+    configured callbacks and ``callbacks``; ``prefix`` keeps each stage's metrics apart in a
+    shared logger."""
     choose_precision(cfg)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()] + (callbacks or [])
     loggers = [instantiate(c, prefix=prefix) for c in (cfg.get("logger") or {}).values()]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
@@ -63,8 +131,25 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
     """Fit ``module`` with the Trainer ``cfg`` describes, then put the best epoch's weights (by
     validation macro-F1) back into it and delete the checkpoints: a stage keeps its saved model,
     not the epochs (an MPNet checkpoint with optimizer state is over 1 GB). Returns the Trainer
-    (its ``checkpoint_callback`` still knows the best score)."""
-    trainer = build_trainer(cfg, prefix=prefix)
+    (its ``checkpoint_callback`` still knows the best score).
+
+    Inside a stored stage's build, the checkpoints go to its resume folder, and a checkpoint
+    left there by a preempted or killed run of the same stage is resumed from."""
+    extra = []
+    resume = resume_folder()
+    if resume is not None:
+        folder = resume / (prefix or "fit")
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.trainer.default_root_dir = str(folder)
+            if (cfg.get("callbacks") or {}).get("model_checkpoint"):
+                cfg.callbacks.model_checkpoint.dirpath = str(folder / "checkpoints")
+        extra.append(Preemption(folder / "preempted.ckpt"))
+        for saved in (folder / "preempted.ckpt", folder / "checkpoints" / "last.ckpt"):
+            if ckpt_path is None and saved.is_file():
+                ckpt_path = str(saved)
+                print(f"resuming from {saved}, left by an interrupted run", flush=True)
+    trainer = build_trainer(cfg, prefix=prefix, callbacks=extra)
     trainer.fit(module, datamodule=datamodule, train_dataloaders=train, val_dataloaders=val,
                 ckpt_path=ckpt_path)
     callback = trainer.checkpoint_callback
@@ -73,6 +158,8 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
         module.load_state_dict(state)
     if callback is not None and callback.dirpath:
         shutil.rmtree(callback.dirpath, ignore_errors=True)
+    if resume is not None:  # done: a later failure of the stage must not resume this fit
+        (folder / "preempted.ckpt").unlink(missing_ok=True)
     return trainer
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fincompress.store import ensure_stage, folder_fingerprint, stage_key
+from fincompress.store import ensure_stage, folder_fingerprint, resume_folder, stage_key
 
 
 def write_answer(staging: Path) -> None:
@@ -105,3 +105,28 @@ def test_two_runs_at_once_build_a_key_once(tmp_path):
     assert folders[0] == folders[1]
     assert log.read_text() == "built\n"
     assert (Path(folders[0]) / "answer.txt").read_text() == "42"
+
+
+def test_a_stage_in_progress_is_skipped_without_waiting_and_its_resume_folder_outlives_a_failure(
+        tmp_path):
+    seen = {}
+
+    def inner(staging):
+        seen["inner"] = resume_folder()
+        # the same stage is being built (by this process here): a worker that will not wait
+        seen["skipped"] = ensure_stage(tmp_path, "shard", {"n": 1}, lambda s: None, wait=False)
+        seen["inner"].mkdir(parents=True, exist_ok=True)
+        (seen["inner"] / "kept.ckpt").write_text("progress")
+        if "fail" not in seen:
+            seen["fail"] = True
+            raise RuntimeError("killed")
+
+    assert resume_folder() is None
+    with pytest.raises(RuntimeError, match="killed"):
+        ensure_stage(tmp_path, "shard", {"n": 1}, inner)
+    assert seen["skipped"] == (None, False)
+    assert (seen["inner"] / "kept.ckpt").read_text() == "progress"  # what a rerun resumes from
+    assert seen["inner"].parent.name == ".resume"
+    folder, reused = ensure_stage(tmp_path, "shard", {"n": 1}, inner)
+    assert not reused and not seen["inner"].exists()  # removed once the stage is stored
+    assert resume_folder() is None

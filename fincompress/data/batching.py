@@ -62,6 +62,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.epoch = 0
+        self.skip = 0  # batches the next pass leaves out: those a resumed run already trained on
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,11 +71,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self):
+        skip, self.skip = self.skip, 0
+        yield from self.batches()[skip:]
+
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches, in order."""
         indices = list(range(len(self.lengths)))
         if not self.shuffle:
             indices.sort(key=lambda i: self.lengths[i])
-            yield from _chunks(indices, self.batch_size)
-            return
+            return _chunks(indices, self.batch_size)
         rng = random.Random(self.seed + self.epoch)
         rng.shuffle(indices)
         pool = self.batch_size * self.pool_batches
@@ -83,7 +88,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             group = sorted(indices[start : start + pool], key=lambda i: self.lengths[i])
             batches += _chunks(group, self.batch_size)
         rng.shuffle(batches)
-        yield from batches
+        return batches
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

@@ -1,0 +1,24 @@
+"""Callbacks that tests add to a training run through config (``+callbacks.NAME={_target_:
+tests.helpers.NAME, ...}``)."""
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+
+
+class SignalAt(L.Callback):
+    """Send this process ``signal_name`` (SLURM's SIGUSR1 by default) once, at the end of
+    training step ``step``, unless ``marker`` exists (it is created then): the rerun of the
+    same command trains undisturbed."""
+
+    def __init__(self, step: int, marker: str, signal_name: str = "SIGUSR1"):
+        self.step = step
+        self.marker = Path(marker)
+        self.signum = signal.Signals[signal_name]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text(f"{self.signum.name} at step {self.step}\n")
+            os.kill(os.getpid(), self.signum)
