@@ -3,12 +3,13 @@
 (fine-tuning on PhraseBank gold labels, and KD fine-tuning against a teacher's logits).
 
 Preemption: a fit inside a stored stage's build keeps its checkpoints in the stage's resume
-folder (:func:`fincompress.store.resume_folder`). SIGUSR1 (what SLURM sends before a time
-limit or preemption, with ``--signal=USR1@90``) or SIGTERM makes :class:`Preemption` save a
-checkpoint at the end of the current batch, with the position in the epoch's batches and the
-random states, ask SLURM to requeue the job, and stop; the rerun of the same command resumes
-from it and ends as the uninterrupted run would. A run killed outright resumes from the last
-epoch's checkpoint.
+folder (:func:`fincompress.store.resume_folder`). SIGUSR1 or SIGUSR2 (what SLURM sends ahead
+of a time limit: ``--signal=USR1@90`` in an sbatch script, USR2 through Hydra's submitit
+launcher) makes :class:`Preemption` save a checkpoint at the end of the current batch, with
+the position in the epoch's batches and the random states, ask SLURM to requeue the job, and
+stop; SIGTERM (a preemption, or ``scancel``) saves and stops without requeueing. The rerun of
+the same command resumes from the checkpoint and ends as the uninterrupted run would. A run
+killed outright resumes from the last epoch's checkpoint.
 """
 
 from __future__ import annotations
@@ -32,18 +33,20 @@ from fincompress.hardware import machine_record, resolve_precision
 from fincompress.module import ClassifierModule
 from fincompress.store import resume_folder
 
-PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Preemption(L.Callback):
-    """On SIGUSR1 or SIGTERM: a checkpoint at the end of the current batch (``path``), SLURM
-    asked to requeue the job, and the process stopped. The checkpoint carries how many of the
+    """On SIGUSR1, SIGUSR2 or SIGTERM: a checkpoint at the end of the current batch
+    (``path``), SLURM asked to requeue the job (not on SIGTERM, which ``scancel`` sends too),
+    and the process stopped. The checkpoint carries how many of the
     epoch's batches were trained and the random states, so that a resumed fit skips exactly
     those batches and draws the same dropout masks.
 
     Lightning's own SLURM handler saves from inside the signal handler, possibly in the middle
-    of an optimizer step, and its loaders restart the epoch from the first batch; so this one
-    replaces it while the fit runs (Lightning restores the handlers afterwards)."""
+    of an optimizer step, and its loaders restart the epoch from the first batch; submitit's
+    requeues without a checkpoint. So this one replaces them while the fit runs (Lightning
+    restores the handlers afterwards)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -54,7 +57,7 @@ class Preemption(L.Callback):
         def note(signum, frame):
             self.received = signum
 
-        for signum in PREEMPTION_SIGNALS:
+        for signum in (*REQUEUE_SIGNALS, signal.SIGTERM):
             signal.signal(signum, note)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -70,6 +73,8 @@ class Preemption(L.Callback):
         os.replace(self.path.with_suffix(".partial"), self.path)
         job = os.environ.get("SLURM_ARRAY_JOB_ID")
         job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
+        if self.received not in REQUEUE_SIGNALS:
+            job = None
         if job:
             subprocess.run(["scontrol", "requeue", job], check=False)
         raise SystemExit(f"stopped by signal {signal.Signals(self.received).name}: checkpoint "
