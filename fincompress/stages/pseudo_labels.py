@@ -216,12 +216,13 @@ def label_in_shards(output_root: str | Path, inputs: dict, sentences: list[str],
                 "count": len(rows)}
 
     def build(staging: Path, rows: list[int]) -> None:
-        clock = time.perf_counter()
+        started = time.time()
         logits, cls = label(rows)
         torch.save({"sentences": [sentences[row] for row in rows], "logits": logits, "cls": cls},
                    staging / "shard.pt")
-        seconds = time.perf_counter() - clock
-        write_json({"sentences": len(rows), "labelling_s": round(seconds, 1),
+        seconds = time.time() - started
+        write_json({"sentences": len(rows), "started": started, "finished": time.time(),
+                    "labelling_s": round(seconds, 2),
                     "sentences_per_s": round(len(rows) / seconds, 1),
                     "host": socket.gethostname(), "pid": os.getpid()}, staging / "report.json")
 
