@@ -3,6 +3,7 @@ local executor, what the SLURM launcher does without a cluster), and pseudo-labe
 stored shards that several workers share and a killed run resumes."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -105,3 +106,23 @@ def test_two_label_workers_build_the_same_cache_as_one_unsharded_run(tmp_path, d
     report = json.loads(next((tmp_path / "a" / "stages" / "pseudo_labels").glob(
         "[!.]*/report.json")).read_text())
     assert report["shard_size"] == 64 and report["sentences"] == 300
+
+
+@pytest.mark.slow(budget_s=400)
+def test_the_scaling_script_measures_one_and_two_label_workers(tmp_path, data_dir):
+    done = subprocess.run(
+        [sys.executable, "scripts/scaling.py", "--name", "tiny", "--sentences", "120",
+         "--shard-size", "20", "--repeats", "1", "--output-root", str(tmp_path), "--",
+         *TINY, f"paths.data_dir={DATA_DIR}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=380)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "scaling" / "tiny" / "scaling.json").read_text())
+    rows = {row["workers"]: row for row in result["measured"]}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        assert row["sentences"] == 120 and row["shards"] == 6 and sum(row["shards_per_worker"]) == 6
+        assert row["sentences_per_s"] > 0 and row["merge_s"] >= 0
+    cores = len(os.sched_getaffinity(0))  # the CPUs split between the workers
+    assert (rows[1]["threads_per_worker"], rows[2]["threads_per_worker"]) == (cores, max(1, cores // 2))
+    assert [p["machines"] for p in result["projection"]] == [1, 8]
+    assert "Projected" in (tmp_path / "scaling" / "tiny" / "scaling.md").read_text()
