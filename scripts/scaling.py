@@ -60,7 +60,8 @@ def measure(workers: int, root: Path, overrides: list[str]) -> dict:
             "labelling_s": round(last - first, 2),
             "sentences_per_s": round(sentences / (last - first), 1),
             "start_up_s": round(first - started, 1),
-            "merge_s": round(cache.stat().st_mtime - last, 2), "wall_s": round(wall, 1)}
+            "merge_s": round(cache.stat().st_mtime - last, 2), "wall_s": round(wall, 1),
+            "labelled_by": ", ".join(sorted({str(s.get("labelled_by")) for s in shards}))}
 
 
 def main() -> None:
@@ -103,15 +104,17 @@ def main() -> None:
             "Measured (best of the rounds):\n\n" + markdown_table(rows, [
                 ("workers", "worker processes"), ("threads_per_worker", "threads each"),
                 ("sentences", "sentences"), ("shards", "shards"),
-                ("shards_per_worker", "shards per worker"), ("labelling_s", "labelling s"),
-                ("sentences_per_s", "sentences/s"), ("start_up_s", "start-up s"),
-                ("merge_s", "merge s")])
+                ("shards_per_worker", "shards per worker"), ("labelling_s", "labelling s", ".1f"),
+                ("sentences_per_s", "sentences/s", ".1f"), ("start_up_s", "start-up s", ".1f"),
+                ("merge_s", "merge s", ".2f")])
             + f"\n\nProjected from the best row ({node['workers']} worker(s) on one machine, "
             f"{node['sentences_per_s']} sentences/s per machine), assuming machines as fast as "
             "this one and shards that never wait (each is labelled independently; the only "
             "shared step is the merge, scaled from the one measured):\n\n"
             + markdown_table(projection, [("machines", "machines"), ("sentences", "sentences"),
-                                          ("labelling_s", "labelling s"), ("merge_s", "merge s")])
+                                          ("labelling_s", "labelling s", ",.0f"),
+                                          ("merge_s", "merge s", ".1f")])
+            + f"\nLabelled with: {node['labelled_by']}; overrides: {' '.join(overrides)}\n"
             + "\n")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "scaling.md").write_text(text)

@@ -103,6 +103,7 @@ def test_two_label_workers_build_the_same_cache_as_one_unsharded_run(tmp_path, d
     torch.testing.assert_close(cache["logits"], single["logits"], atol=5e-3, rtol=0)
     shards = list((tmp_path / "a" / "stages" / "pseudo_label_shards").glob("[!.]*/report.json"))
     assert len(shards) == 5  # 300 sentences in shards of 64, each built once
+    assert all(json.loads(shard.read_text())["labelled_by"].startswith("torch ") for shard in shards)
     report = json.loads(next((tmp_path / "a" / "stages" / "pseudo_labels").glob(
         "[!.]*/report.json")).read_text())
     assert report["shard_size"] == 64 and report["sentences"] == 300

@@ -149,7 +149,8 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
         if shard_size:
             return label_in_shards(output_root, inputs, [corpus.sentences[i] for i in missing],
                                    shard_size, lambda rows: label([missing[r] for r in rows],
-                                                                  "pseudo-labelling a shard"))
+                                                                  "pseudo-labelling a shard"),
+                                   lambda: loaded.get("form"))
         return label(missing, "pseudo-labelling news")
 
     def build(staging: Path) -> None:
@@ -197,14 +198,15 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
 
 
 def label_in_shards(output_root: str | Path, inputs: dict, sentences: list[str],
-                    shard_size: int, label) -> tuple[torch.Tensor, torch.Tensor]:
+                    shard_size: int, label, form=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits and [CLS] states of ``sentences``, labelled in shards of ``shard_size``, each
     a stored stage (``pseudo_label_shards``) keyed by the cache's ``inputs`` without the corpus
     and by the shard's own sentences. A shard another process is labelling is skipped and
     read once it is done, so workers that share ``output_root`` (on one machine or many, over
     a shared file system) split the work without talking to each other; a shard is built once,
     and a killed run leaves every finished shard for the next. ``label(rows)`` labels the
-    sentences at those positions of ``sentences``."""
+    sentences at those positions of ``sentences``; ``form()``, after it, names the teacher form
+    that labelled (for the shard's report)."""
     shared = {key: value for key, value in inputs.items() if key != "corpus_fingerprint"}
     shards = [list(range(start, min(start + shard_size, len(sentences))))
               for start in range(0, len(sentences), shard_size)]
@@ -224,7 +226,8 @@ def label_in_shards(output_root: str | Path, inputs: dict, sentences: list[str],
         write_json({"sentences": len(rows), "started": started, "finished": time.time(),
                     "labelling_s": round(seconds, 2),
                     "sentences_per_s": round(len(rows) / seconds, 1),
-                    "host": socket.gethostname(), "pid": os.getpid()}, staging / "report.json")
+                    "labelled_by": form() if form else None, "host": socket.gethostname(),
+                    "pid": os.getpid()}, staging / "report.json")
 
     built = 0
     with tqdm(total=len(shards), desc="pseudo-label shards", unit="shard") as progress:
