@@ -79,6 +79,7 @@ def test_shards_are_labelled_once_split_between_workers_and_resumed_after_a_kill
     torch.testing.assert_close(results["first"][:, 0], torch.arange(60.0))
 
 
+@pytest.mark.slow(budget_s=300)
 def test_two_label_workers_build_the_same_cache_as_one_unsharded_run(tmp_path, data_dir):
     settings = [*TINY, "+experiment=label", "news.max_sentences=300",
                 "distill.pseudo_label.batch_size=16", f"paths.data_dir={DATA_DIR}"]

@@ -123,13 +123,13 @@ def test_a_teacher_killed_after_an_epoch_resumes_from_its_last_checkpoint(tmp_pa
     pytest.param("SIGUSR2", marks=pytest.mark.slow(budget_s=300))])
 def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
         tmp_path, signal_name):
-    """SLURM's signal (SIGUSR1 before a time limit or preemption; SIGTERM when it cancels) in
-    the middle of stage 1's second epoch: a checkpoint, a requeue request, a stop; the rerun
-    resumes there and its stage-1 student is the uninterrupted one, weight for weight."""
-    settings = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=160",
-                "news.batch_size=8", "student.model.num_layers=2", "student.stage1_epochs=2",
-                "distill.fresh_baseline=false", "distill.speed_sentences=0",
-                f"paths.data_dir={DATA_DIR}"]
+    """SLURM's signal (SIGUSR1 before a time limit or preemption, SIGUSR2 through submitit;
+    SIGTERM when it cancels) in the middle of the teacher stage's second epoch: a checkpoint, a
+    requeue request, a stop; the rerun resumes there and its teacher is the uninterrupted one,
+    weight for weight. (The label experiment trains the stored teacher, then labels 20
+    sentences: the cheapest run with a stored training stage.)"""
+    settings = [sys.executable, "train.py", "+experiment=label", *TINY, "teacher.max_epochs=3",
+                "data.batch_size=8", "news.max_sentences=20", f"paths.data_dir={DATA_DIR}"]
     clean = subprocess.run([*settings, f"paths.output_root={tmp_path / 'clean'}",
                             f"hydra.run.dir={tmp_path / 'clean' / 'run'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -141,8 +141,9 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "SLURM_JOB_ID": "4242"}
     root = tmp_path / "preempted"
+    # 48 training sentences in batches of 8: step 8 is the second batch of the second epoch
     preempted = [*settings, f"paths.output_root={root}", f"hydra.run.dir={root / 'run'}",
-                 f"+callbacks.signal={{_target_: tests.helpers.SignalAt, step: 25, "
+                 f"+callbacks.signal={{_target_: tests.helpers.SignalAt, step: 8, "
                  f"marker: '{tmp_path / 'signalled'}', signal_name: {signal_name}}}"]
     first = subprocess.run(preempted, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=env)
@@ -152,17 +153,15 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
         assert not (tmp_path / "scontrol.log").exists()
     else:
         assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
-    (saved,) = (root / "stages" / ".resume").glob("stage1-*/stage1/preempted.ckpt")
-    assert not list((root / "stages" / "stage1").glob("[!.]*"))  # nothing stored yet
+    (saved,) = (root / "stages" / ".resume").glob("teacher-*/fit/preempted.ckpt")
+    assert not list((root / "stages" / "teacher").glob("[!.]*"))  # nothing stored yet
     again = subprocess.run(preempted, cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from {saved}" in again.stdout
-    assert not (root / "stages" / ".resume").exists() or not list(
-        (root / "stages" / ".resume").iterdir())  # removed once the stage is stored
-    (expected,) = (tmp_path / "clean" / "stages" / "stage1").glob("[!.]*/model/model.safetensors")
-    (got,) = (root / "stages" / "stage1").glob("[!.]*/model/model.safetensors")
+    assert not list((root / "stages" / ".resume").iterdir())  # removed once stored
+    (expected,) = (tmp_path / "clean" / "stages" / "teacher").glob("[!.]*/model/model.safetensors")
+    (got,) = (root / "stages" / "teacher").glob("[!.]*/model/model.safetensors")
     assert got.read_bytes() == expected.read_bytes()
-    results = [json.loads((folder / "run" / "results.json").read_text())
-               for folder in (tmp_path / "clean", root)]
-    assert results[0]["student"]["f1_macro"] == results[1]["student"]["f1_macro"]
+    infos = [json.loads((path.parent / "checkpoint_info.json").read_text()) for path in (expected, got)]
+    assert infos[0]["metrics"] == infos[1]["metrics"] and infos[1]["epochs_run"] == 3
