@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from fincompress.hardware import resolve_precision
+
 from .conftest import DATA_DIR, ROOT, TINY
 
 COMMAND = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=400",
@@ -165,3 +167,6 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
     assert got.read_bytes() == expected.read_bytes()
     infos = [json.loads((path.parent / "checkpoint_info.json").read_text()) for path in (expected, got)]
     assert infos[0]["metrics"] == infos[1]["metrics"] and infos[1]["epochs_run"] == 3
+    # the labels are stored under the precision distillation resolves, so that it reuses them
+    (report,) = (root / "stages" / "pseudo_labels").glob("[!.]*/report.json")
+    assert json.loads(report.read_text())["precision"] == resolve_precision("auto")[0]

@@ -21,10 +21,12 @@ from fincompress.files import write_json
 from fincompress.models.sources import load_classifier
 from fincompress.stages.distill import label_news, news_corpus
 from fincompress.stages.teacher import ensure_teacher
+from fincompress.training import choose_precision
 
 
 def run_label(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    choose_precision(cfg)  # the labels' store key names the precision, as distillation's does
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     split = phrasebank_split(cfg)  # its val and test sentences never join the corpus
