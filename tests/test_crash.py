@@ -14,7 +14,7 @@ import pytest
 
 from fincompress.hardware import resolve_precision
 
-from .conftest import DATA_DIR, ROOT, TINY
+from .conftest import DATA_DIR, NEWS_DIR, ROOT, TINY
 
 COMMAND = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=400",
            "student.model.num_layers=2", "distill.speed_sentences=0", f"paths.data_dir={DATA_DIR}"]
@@ -130,8 +130,13 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
     requeue request, a stop; the rerun resumes there and its teacher is the uninterrupted one,
     weight for weight. (The label experiment trains the stored teacher, then labels 20
     sentences: the cheapest run with a stored training stage.)"""
+    news = tmp_path / "news"  # a slice of the real news: reading all of it takes 9 s a run
+    news.mkdir()
+    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:60]
+    (news / "posts.txt").write_text("\n".join(posts) + "\n")
     settings = [sys.executable, "train.py", "+experiment=label", *TINY, "teacher.max_epochs=3",
-                "data.batch_size=8", "news.max_sentences=20", f"paths.data_dir={DATA_DIR}"]
+                "data.batch_size=8", f"news.sources=[{news}]", "news.max_sentences=20",
+                f"paths.data_dir={DATA_DIR}"]
     clean = subprocess.run([*settings, f"paths.output_root={tmp_path / 'clean'}",
                             f"hydra.run.dir={tmp_path / 'clean' / 'run'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
