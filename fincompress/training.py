@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -57,6 +58,8 @@ class Preemption(L.Callback):
         def note(signum, frame):
             self.received = signum
 
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; a fit elsewhere keeps its own
         for signum in (*REQUEUE_SIGNALS, signal.SIGTERM):
             signal.signal(signum, note)
 
