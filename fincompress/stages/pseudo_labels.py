@@ -145,13 +145,19 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
         logits, cls, found = labelled_before(Path(output_root), inputs, corpus.sentences)
         return logits, cls, found, [i for i, copied in enumerate(found) if not copied]
 
+    spent = [0.0]  # seconds this process spent labelling (over the shards' pre-pass and build)
+
     def label_missing(missing: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if shard_size:
-            return label_in_shards(output_root, inputs, [corpus.sentences[i] for i in missing],
-                                   shard_size, lambda rows: label([missing[r] for r in rows],
-                                                                  "pseudo-labelling a shard"),
-                                   lambda: loaded.get("form"))
-        return label(missing, "pseudo-labelling news")
+        clock = time.perf_counter()
+        try:
+            if shard_size:
+                return label_in_shards(
+                    output_root, inputs, [corpus.sentences[i] for i in missing], shard_size,
+                    lambda rows: label([missing[r] for r in rows], "pseudo-labelling a shard"),
+                    lambda: loaded.get("form"))
+            return label(missing, "pseudo-labelling news")
+        finally:
+            spent[0] += time.perf_counter() - clock
 
     def build(staging: Path) -> None:
         logits, cls, found, missing = unlabelled()
@@ -159,9 +165,8 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
                  len(found) - len(missing), len(found), len(missing))
         speed = {}
         if missing:
-            clock = time.perf_counter()
             new_logits, new_cls = label_missing(missing)
-            seconds = time.perf_counter() - clock
+            seconds = spent[0]
             if loaded:  # labelled here, not only read from shards other workers made
                 speed.update(labeller=loaded.get("labeller"), labelled_by=loaded["form"])
             speed.update(labelled=len(missing), labelling_s=round(seconds, 1),
