@@ -381,7 +381,7 @@ def data_overrides() -> list[str]:
 def validation_sentences(labels: list[str]) -> list[tuple[str, int]]:
     """The PhraseBank validation split (text, label index), for accuracy-controlled INT8."""
     _, split = data_folder_split("no PhraseBank validation split for --max-drop",
-                                 "or leave it out")
+                                 "or leave out --max-drop")
     return [(row.text, labels.index(row.label)) for row in split.splits["val"]]
 
 

@@ -69,15 +69,24 @@ class Preemption(L.Callback):
             sampler.skip = self.position["batches_done"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is None:
-            return
-        self.position = {"batches_done": batch_idx + 1}
+        if self.received is not None:
+            self.stop(trainer, {"batches_done": batch_idx + 1})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.received is not None:  # it came during the last validation: the fit is done
+            self.stop(trainer, {})
+
+    def stop(self, trainer, position: dict) -> None:
+        """Save the checkpoint (``position``: the batches of this epoch already trained), ask
+        SLURM to requeue on its warning signals, and end the process."""
+        self.position = position
         trainer.save_checkpoint(self.path.with_suffix(".partial"))
         os.replace(self.path.with_suffix(".partial"), self.path)
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ.get("SLURM_JOB_ID")
-        if self.received not in REQUEUE_SIGNALS:
-            job = None
+        job = None
+        if self.received in REQUEUE_SIGNALS:
+            array = os.environ.get("SLURM_ARRAY_JOB_ID")
+            job = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
+                   else os.environ.get("SLURM_JOB_ID"))
         if job:
             subprocess.run(["scontrol", "requeue", job], check=False)
         raise SystemExit(f"stopped by signal {signal.Signals(self.received).name}: checkpoint "

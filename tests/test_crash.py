@@ -9,10 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from fincompress.hardware import resolve_precision
+from fincompress.training import Preemption
 
 from .conftest import DATA_DIR, NEWS_DIR, ROOT, TINY
 
@@ -175,3 +177,23 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
     # the labels are stored under the precision distillation resolves, so that it reuses them
     (report,) = (root / "stages" / "pseudo_labels").glob("[!.]*/report.json")
     assert json.loads(report.read_text())["precision"] == resolve_precision("auto")[0]
+
+
+def test_a_signal_during_the_last_validation_still_stops_the_run(tmp_path, monkeypatch):
+    """No batch ends after the last validation: the signal is acted on when the fit ends, with a
+    checkpoint that skips nothing, instead of being swallowed."""
+    for name in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+    class Trainer:
+        def save_checkpoint(self, path):
+            Path(path).write_text("weights")
+
+    callback = Preemption(tmp_path / "preempted.ckpt")
+    callback.on_fit_end(Trainer(), None)  # no signal: nothing happens
+    assert not (tmp_path / "preempted.ckpt").exists()
+    callback.received = signal.SIGTERM
+    with pytest.raises(SystemExit, match="stopped by signal SIGTERM"):
+        callback.on_fit_end(Trainer(), None)
+    assert (tmp_path / "preempted.ckpt").read_text() == "weights"
+    assert "batches_done" not in callback.state_dict()

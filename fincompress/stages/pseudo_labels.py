@@ -141,8 +141,12 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
             cls = torch.empty(len(ids), 0, 0, dtype=torch.float16)
         return torch.from_numpy(logits), cls
 
+    before: list = []  # earlier caches' rows, read once (the shards' pre-pass and the build)
+
     def unlabelled() -> tuple:
-        logits, cls, found = labelled_before(Path(output_root), inputs, corpus.sentences)
+        if not before:
+            before.extend(labelled_before(Path(output_root), inputs, corpus.sentences))
+        logits, cls, found = before
         return logits, cls, found, [i for i, copied in enumerate(found) if not copied]
 
     spent = [0.0]  # seconds this process spent labelling (over the shards' pre-pass and build)
