@@ -237,6 +237,7 @@ def main() -> None:
         memory_before = memory_mib(server.pid)
         final = load(url, texts, args.requests, args.clients, args.hostile)
         final["memory_mib"] = [memory_before, memory_mib(server.pid)]
+        calls = httpx.get(f"{url}/health", timeout=10).json()["model_calls"]  # before the soak's
         if args.soak_s:
             start = memory_mib(server.pid)
             samples: list = []
@@ -256,11 +257,12 @@ def main() -> None:
                 sampler.join()
             soak_verdict = check(soak.pop("answers"), texts, offline, args.tolerance)
             soak.update(memory_mib_start=start, memory_mib_end=memory_mib(server.pid),
+                        model_calls=httpx.get(f"{url}/health", timeout=10).json()["model_calls"]
+                        - calls,
                         memory_mib_every_10_s=samples, **soak_verdict)
             print(f"soak {args.soak_s:.0f} s: {soak['requests']} requests, memory {start} -> "
                   f"{soak['memory_mib_end']} MiB, {len(soak['errors'])} errors, "
                   f"{len(soak['mismatches'])} answers unlike offline predict", flush=True)
-        health = httpx.get(f"{url}/health").json()
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -270,7 +272,7 @@ def main() -> None:
     report = {"model": str(model.folder), "engine": model.engine, "precision": model.precision,
               "machine": cpu_info(), "grid": measured,
               "chosen": {"max_batch": chosen["max_batch"], "max_wait_ms": chosen["max_wait_ms"]},
-              "final": {**final, "model_calls": health["model_calls"], **verdict},
+              "final": {**final, "model_calls": calls, **verdict},
               "soak": soak}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,7 @@ def main() -> None:
     print(f"\nchosen: max_batch {chosen['max_batch']}, max_wait {chosen['max_wait_ms']} ms")
     print(f"{args.requests} requests from {args.clients} clients: {final['requests_per_s']} req/s, "
           f"p50 {final['latency_ms_p50']} ms, p95 {final['latency_ms_p95']} ms, "
-          f"{health['model_calls']} model calls, {len(final['errors'])} errors, "
+          f"{calls} model calls, {len(final['errors'])} errors, "
           f"{len(verdict['mismatches'])} answers unlike offline predict (largest probability gap "
           f"{verdict['max_probability_gap']:.1e}); server memory {final['memory_mib'][0]} -> "
           f"{final['memory_mib'][1]} MiB; written {output / 'load_test.json'}")

@@ -119,6 +119,7 @@ def test_load_test_script_batches_with_no_errors_and_offline_answers(tiny_classi
     assert final["hostile"]["lone surrogate"] == {"200": 2}
     soak = report["soak"]
     assert soak["requests"] > 20 and soak["errors"] == [] and soak["memory_mib_end"] > 0
+    assert 0 < soak["model_calls"] <= soak["requests"]  # counted apart from the final run's
     assert len(report["grid"]) == 2 and report["chosen"]["max_batch"] in (1, 16)
     assert 0 < final["latency_ms_p50"] <= final["latency_ms_p95"]
     if report["chosen"]["max_batch"] == 16:  # requests were batched: fewer model calls
