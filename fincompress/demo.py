@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import fincompress
+from fincompress.tables import f1_axis, pareto_front
 
 EXAMPLES = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period.",
             "The company's net sales fell 12 % year-on-year as demand weakened.",
@@ -78,7 +79,7 @@ def build_demo(teacher: str, student: str, benchmark: str | None = None):
                                title="macro-F1 against throughput (batch 32)",
                                x_title="sentences/s at batch 32, log10 (2 = 100, 3 = 1,000, "
                                        "4 = 10,000)",
-                               y_lim=[max(0.0, min(r["f1_macro"] for r in rows) - 0.05), 1.0],
+                               y_lim=list(f1_axis(rows)),
                                elem_id="benchmark_chart")
             else:
                 gr.Markdown("No benchmark run given (fincompress demo --benchmark DIR, or "
@@ -162,11 +163,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
 def chart_points(rows: list[dict]) -> list[dict]:
     """Chart rows: log10 throughput, macro-F1, and whether no other model is both faster and
     more accurate (the Pareto front)."""
-    def dominated(row):
-        return any(o["throughput_sorted"] >= row["throughput_sorted"] and
-                   o["f1_macro"] >= row["f1_macro"] and o is not row and
-                   (o["throughput_sorted"], o["f1_macro"]) != (row["throughput_sorted"],
-                                                               row["f1_macro"]) for o in rows)
     return [{"model": r["model"], "log10 sentences/s": round(math.log10(r["throughput_sorted"]), 3),
              "macro-F1": r["f1_macro"], "sentences/s": round(r["throughput_sorted"]),
-             "Pareto front": "dominated" if dominated(r) else "on the front"} for r in rows]
+             "Pareto front": "on the front" if front else "dominated"}
+            for r, front in zip(rows, pareto_front(rows))]

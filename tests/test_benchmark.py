@@ -16,6 +16,7 @@ from fincompress.hardware import machine_record
 from fincompress.models.sources import load_classifier
 from fincompress.scoring import encoder_flops, peak_rates, score
 from fincompress.stages.benchmark import write_outputs
+from fincompress.tables import f1_axis, pareto_front
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -38,6 +39,23 @@ def test_encoder_flops_match_a_counted_forward_pass_of_a_pruned_model():
     hidden = model.config.hidden_size
     head_and_pooler = 2 * 3 * hidden * hidden + 2 * 3 * hidden * len(LABELS)  # not the encoder
     assert encoder_flops(model.config.to_dict(), [(3, 17)]) == counter.get_total_flops() - head_and_pooler
+
+
+def test_the_pareto_front_keeps_only_models_no_other_beats_on_both():
+    def row(rate, f1):
+        return {"throughput_sorted": rate, "f1_macro": f1}
+
+    rows = [row(40, 0.97),     # the teacher: slowest, most accurate
+            row(2000, 0.96),   # a fast student
+            row(1500, 0.95),   # slower and worse than the fast student
+            row(3000, 0.90),   # fastest, least accurate
+            row(2000, 0.96),   # a tie with the fast student: neither beats the other
+            row(40, 0.93)]     # as slow as the teacher and worse
+    assert pareto_front(rows) == [True, True, False, True, True, False]
+    # the F1 axis starts below the worst row, so a small gap does not fill the chart
+    low, high = f1_axis(rows)
+    assert low < 0.90 - 0.01 and high == 1.0
+    assert f1_axis([row(1, 0.02)])[0] == 0.0
 
 
 def test_peak_rates_are_measured_for_fp32_and_int8():

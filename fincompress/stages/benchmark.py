@@ -22,7 +22,7 @@ from fincompress.metrics import save_confusion_matrices
 from fincompress.scoring import LIST_FIELDS, peak_rates, score, with_mib
 from fincompress.stages.quantize import choose_backend, export_int8
 from fincompress.stages.teacher import ensure_teacher
-from fincompress.tables import markdown_table
+from fincompress.tables import f1_axis, markdown_table, pareto_front
 from fincompress.training import choose_precision
 
 
@@ -218,6 +218,12 @@ def plot_pareto(rows: list[dict], path: Path, machine: dict) -> None:
         axes.annotate(f"{row['model']}\n{note}",
                       (row["throughput_sorted"], row["f1_macro"]), fontsize=7,
                       xytext=(6, 4), textcoords="offset points")
+    front = sorted((row["throughput_sorted"], row["f1_macro"])
+                   for row, on in zip(rows, pareto_front(rows)) if on)
+    axes.step(*zip(*front), where="post", color="tab:red", alpha=0.5, linewidth=1,
+              label="Pareto front (none both faster and more accurate)")
+    axes.legend(fontsize=7, loc="lower left")
+    axes.set_ylim(*f1_axis(rows))
     axes.set_xscale("log")
     axes.set_xlabel("sentences/s at batch 32 (log scale)")
     axes.set_ylabel("test macro-F1")
