@@ -3,6 +3,8 @@ ONNX artifact, need neither PyTorch nor transformers nor the training stack; the
 runtime uses gives transformers' ids; an export scores itself and records what it measured."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -177,3 +179,94 @@ def test_a_pytorch_folder_without_pytorch_installed_names_the_extra(tiny_classif
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "is a PyTorch model folder; running it needs torch and transformers" in done.stderr
     assert "pip install 'fincompress[train]'" in done.stderr
+
+
+@pytest.mark.slow(budget_s=300)
+def test_the_runtime_extra_alone_predicts_describes_and_serves_an_int8_artifact(int8_artifacts,
+                                                                                 tmp_path):
+    """A fresh virtual environment with ``fincompress[runtime]`` installed from the package
+    index (no system packages): no PyTorch, transformers or Lightning arrive, and the OpenVINO
+    INT8 artifact predicts, describes itself and is served, with the answers of this process."""
+    import socket
+    import time
+
+    import httpx
+
+    import fincompress
+
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "fincompress", source / "fincompress",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--quiet", "-w", str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("fincompress-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", f"{wheel}[runtime]"],
+                   check=True, timeout=600)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "list", "--format", "json"],
+                               capture_output=True, text=True, check=True).stdout
+    names = {package["name"].lower() for package in json.loads(installed)}
+    assert {"openvino", "onnxruntime", "fastapi", "tokenizers"} <= names
+    assert not names & {"torch", "transformers", "lightning", "torchmetrics", "datasets"}
+
+    folder = int8_artifacts["openvino"]
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+
+    def run(*command: str) -> str:
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    expected = fincompress.load(folder).predict(["Operating profit rose to EUR 13.1 mn ."])[0]
+    answer = json.loads(run("fincompress", "predict", str(folder),
+                            "Operating profit rose to EUR 13.1 mn .").splitlines()[-1])
+    assert answer["label"] == expected["label"]
+    assert "int8" in run("fincompress", "info", str(folder))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["fincompress", "serve", str(folder), "--port", str(port)],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        served = httpx.post(f"http://127.0.0.1:{port}/predict", timeout=30,
+                            json={"texts": ["Operating profit rose to EUR 13.1 mn ."]}).json()
+        assert served["predictions"][0]["label"] == expected["label"]
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output  # the start line
+
+
+def test_cold_start_script_times_each_first_command_in_a_fresh_process(int8_artifacts, tmp_path):
+    output = tmp_path / "cold.json"
+    done = subprocess.run([sys.executable, "scripts/cold_start.py", str(int8_artifacts["onnx"]),
+                           "--repeats", "2", "--output", str(output)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert [row["command"] for row in result["rows"]] == ["import fincompress", "info onnx",
+                                                         "predict onnx"]
+    for row in result["rows"]:
+        assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"] < 60
+    assert result["repeats"] == 2 and result["machine"]["cores"] >= 1
+    assert "predict onnx" in done.stdout and "median s" in done.stdout
+    # a command that fails stops the script with its name and error, writing nothing
+    missing = tmp_path / "missing"
+    done = subprocess.run([sys.executable, "scripts/cold_start.py", str(missing), "--repeats", "1",
+                           "--output", str(tmp_path / "none.json")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "info missing failed" in done.stderr
+    assert not (tmp_path / "none.json").exists()
