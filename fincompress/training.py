@@ -171,13 +171,41 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
                 ckpt_path=ckpt_path)
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_path:
-        state = torch.load(callback.best_model_path, weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        saved = torch.load(callback.best_model_path, weights_only=False)
+        module.load_state_dict(saved["state_dict"])
+        if callback.best_model_score is None:  # DDP's spawned fit returns the path only
+            restore_fit_state(trainer, saved, Path(callback.best_model_path).with_name("last.ckpt"))
     if callback is not None and callback.dirpath:
         shutil.rmtree(callback.dirpath, ignore_errors=True)
     if resume is not None:  # done: a later failure of the stage must not resume this fit
         (folder / "preempted.ckpt").unlink(missing_ok=True)
     return trainer
+
+
+def restore_fit_state(trainer: L.Trainer, best: dict, last: Path) -> None:
+    """After a fit in spawned DDP processes, what the Trainer of this process lacks (Lightning
+    sends back the weights and the best checkpoint's path): the best score, from that
+    checkpoint's ModelCheckpoint state, and the epochs run, from the last checkpoint."""
+    for state in best.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("best_model_score") is not None:
+            trainer.checkpoint_callback.best_model_score = state["best_model_score"]
+    if last.is_file():
+        epoch = torch.load(last, weights_only=False, map_location="cpu")["epoch"]
+        trainer.fit_loop.epoch_progress.current.completed = epoch + 1
+
+
+def run_test(trainer: L.Trainer, cfg: DictConfig, module: ClassifierModule, datamodule) -> dict:
+    """Test ``module`` with the fit's ``trainer`` and return its ``test_results`` (metrics and
+    confusion matrix). After a DDP fit, in a single-process Trainer instead: the spawned
+    processes' results would not come back to this one."""
+    if trainer.world_size > 1:
+        single = copy.deepcopy(cfg)
+        with open_dict(single):
+            single.trainer.devices = 1
+            single.trainer.strategy = "auto"
+        trainer = build_trainer(single)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.test_results
 
 
 def best_score(trainer: L.Trainer) -> float | None:

@@ -3,6 +3,7 @@ tests.helpers.NAME, ...}``)."""
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -22,3 +23,16 @@ class SignalAt(L.Callback):
         if trainer.global_step == self.step and not self.marker.exists():
             self.marker.write_text(f"{self.signum.name} at step {self.step}\n")
             os.kill(os.getpid(), self.signum)
+
+
+class RankMarker(L.Callback):
+    """Each training process writes ``<folder>/<rank>-<pid>-<steps>-<time>`` at the end of a
+    fit: which processes trained, and how many optimizer steps each took."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{trainer.global_rank}-{os.getpid()}-{trainer.global_step}-"
+         f"{time.time_ns()}").touch()

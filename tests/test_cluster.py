@@ -128,3 +128,64 @@ def test_the_scaling_script_measures_one_and_two_label_workers(tmp_path, data_di
     assert (rows[1]["threads_per_worker"], rows[2]["threads_per_worker"]) == (cores, max(1, cores // 2))
     assert [p["machines"] for p in result["projection"]] == [1, 8]
     assert "Projected" in (tmp_path / "scaling" / "tiny" / "scaling.md").read_text()
+
+
+DDP_STUDENT = ["student=tiny", "student.model.num_hidden_layers=2", "student.model.hidden_size=32",
+               "student.model.num_attention_heads=2", "student.model.intermediate_size=64",
+               "student.stage1_epochs=1", "student.stage2_epochs=2", "trainer.precision=32-true",
+               # without dropout the two runs draw no random masks: they must agree to rounding
+               "+student.model.hidden_dropout_prob=0.0",
+               "+student.model.attention_probs_dropout_prob=0.0",
+               "+teacher.model.config_overrides.hidden_dropout_prob=0.0",
+               "+teacher.model.config_overrides.attention_probs_dropout_prob=0.0"]
+
+
+@pytest.mark.slow(budget_s=400)
+def test_ddp_with_two_processes_trains_what_one_process_trains(tmp_path, data_dir):
+    """The teacher, stage 1 (PKD on pseudo-labels), stage 2 and the fresh baseline, each fitted
+    in 2 DDP processes on CPU (gloo), end with the weights one process gets from the same global
+    batches: equal within 1e-5 (float rounding of the gradient average), metrics equal to 4
+    decimals. Only this process writes the store and the run folder."""
+    from omegaconf import open_dict
+    from safetensors.torch import load_file
+
+    from fincompress.stages.distill import run_distill
+
+    from .conftest import compose_config
+
+    results, folders = {}, {}
+    for name, extra in (("single", []), ("ddp", ["trainer=ddp", "trainer.devices=2"])):
+        marks = tmp_path / name / "ranks"
+        cfg = compose_config(["+experiment=pkd", *TINY, "news.max_sentences=120", *DDP_STUDENT,
+                              "+callbacks.ranks._target_=tests.helpers.RankMarker",
+                              f"+callbacks.ranks.folder={marks}", *extra], tmp_path / name)
+        with open_dict(cfg):
+            cfg.paths.run_dir = str(tmp_path / name / "run")
+        results[name] = run_distill(cfg)
+        folders[name] = tmp_path / name
+        fits = [mark.name.split("-") for mark in marks.iterdir()]
+        # four fits (teacher, stage 1, stage 2, fresh baseline): in this process, or each in
+        # two others (ranks 0 and 1) that took the same number of steps
+        if not extra:
+            assert len(fits) == 4 and {pid for _, pid, _, _ in fits} == {str(os.getpid())}
+            steps = sorted(step for _, _, step, _ in fits)
+        else:
+            assert len(fits) == 8 and str(os.getpid()) not in {pid for _, pid, _, _ in fits}
+            assert sorted(rank for rank, _, _, _ in fits) == ["0"] * 4 + ["1"] * 4
+            for rank in "01":  # each rank stepped as often as the single process did
+                assert sorted(step for r, _, step, _ in fits if r == rank) == steps
+    for model in ("stages/teacher/*/model", "run/student", "stages/fresh/*/model"):
+        (single,) = folders["single"].glob(model)
+        (ddp,) = folders["ddp"].glob(model)
+        ours, theirs = load_file(single / "model.safetensors"), load_file(ddp / "model.safetensors")
+        assert ours.keys() == theirs.keys()
+        difference = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+        assert difference < 1e-5, f"{model}: weights differ by {difference}"
+    for part in ("student", "fresh"):
+        for metric in ("f1_macro", "acc", "ece", "best_val_f1_macro"):
+            assert results["ddp"][part][metric] == pytest.approx(results["single"][part][metric],
+                                                                 abs=1e-4)
+    # the teacher stage records the epochs it ran and its best validation score under DDP too
+    (info,) = folders["ddp"].glob("stages/teacher/*/model/checkpoint_info.json")
+    info = json.loads(info.read_text())
+    assert info["epochs_run"] == 1 and info["best_val_f1_macro"] is not None

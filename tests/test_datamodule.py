@@ -51,6 +51,35 @@ def test_length_grouping_cuts_padding_and_covers_every_item_once():
     assert list(sampler) == second  # one pass only
 
 
+def test_under_ddp_each_rank_takes_its_share_of_every_batch(monkeypatch):
+    """Two ranks split each batch one process would train on: together they cover it exactly,
+    in the same order, with the same number of steps each; a batch too small to split is left
+    out of training, and in evaluation leaves one rank without a share of it."""
+    import fincompress.data.batching as batching
+
+    def batches(lengths, shuffle, rank=None):
+        if rank is not None:
+            monkeypatch.setattr(batching, "replicas", lambda: (rank, 2))
+        sampler = LengthGroupedBatchSampler(lengths, 8, shuffle, seed=3)
+        return len(sampler), list(sampler)
+
+    lengths = [random.Random(i).randint(3, 40) for i in range(101)]  # 12 batches of 8 and one of 5
+    for shuffle in (True, False):
+        monkeypatch.undo()
+        _, alone = batches(lengths, shuffle)
+        (size0, rank0), (size1, rank1) = batches(lengths, shuffle, 0), batches(lengths, shuffle, 1)
+        assert size0 == size1 == len(rank0) == len(rank1) == len(alone) == 13
+        assert [a + b for a, b in zip(rank0, rank1)] == alone
+    nine = lengths[:9]  # a batch of 8 and one of 1
+    _, rank0 = batches(nine, True, 0)
+    _, rank1 = batches(nine, True, 1)
+    assert len(rank0) == len(rank1) == 1 and len(rank0[0] + rank1[0]) == 8
+    _, rank0 = batches(nine, False, 0)
+    _, rank1 = batches(nine, False, 1)
+    assert sorted(i for batch in rank0 + rank1 for i in batch) == list(range(9))
+    assert [len(batch) for batch in rank0] == [4, 1] and [len(batch) for batch in rank1] == [4]
+
+
 def test_tokenization_is_cached_across_runs(minilm_tokenizer, tmp_path):
     calls = []
 

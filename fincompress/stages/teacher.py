@@ -24,7 +24,7 @@ from fincompress.data.datamodule import data_settings
 from fincompress.metrics import save_confusion_matrices
 from fincompress.module import ClassifierModule
 from fincompress.store import ensure_stage
-from fincompress.training import best_score, choose_precision, fit, stage_config, trainer_settings
+from fincompress.training import best_score, choose_precision, fit, run_test, stage_config, trainer_settings
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,9 @@ def train_teacher(cfg: DictConfig) -> dict:
         scheduler=instantiate(cfg.teacher.scheduler) if cfg.teacher.get("scheduler") else None,
     )
     trainer = fit(cfg, module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
-    trainer.test(module, datamodule=datamodule, verbose=False)  # the best epoch's weights
+    results = run_test(trainer, cfg, module, datamodule)  # the best epoch's weights
 
     output_dir = Path(cfg.paths.output_dir)
-    results = module.test_results
     info = save_model_folder(module.model, tokenizer, output_dir / "model", {
         "stage": "teacher",
         "source": cfg.teacher.model.source,
