@@ -7,11 +7,14 @@ composes them wherever it runs.
 from __future__ import annotations
 
 import datetime
+import json
 import sys
 import traceback
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fincompress.config_checks import check_config
@@ -38,12 +41,18 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.task not in TASKS:
             raise InputError(f"task={cfg.task!r} is unknown; known: {', '.join(sorted(TASKS))}")
         check_config(cfg)
+        finished = Path(cfg.paths.run_dir) / "results.json"
+        if cfg.get("reuse_finished_run") and finished.is_file():
+            print(f"reusing {finished}, from an earlier run into this folder")
+            return json.loads(finished.read_text())["student"].get("f1_macro")
         info = TASKS[cfg.task](cfg)
         # a rerun into the folder of a failed run: it no longer failed
         (Path(cfg.paths.run_dir) / "FAILED.json").unlink(missing_ok=True)
     except InputError as error:
         mark_failed(cfg, error)
         print(f"error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records it, runs the sweep's other jobs, and fails at the end
         sys.exit(getattr(error, "exit_code", 2))
     except (Exception, KeyboardInterrupt) as error:
         mark_failed(cfg, error)

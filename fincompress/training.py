@@ -10,6 +10,10 @@ the position in the epoch's batches and the random states, ask SLURM to requeue 
 stop; SIGTERM (a preemption, or ``scancel``) saves and stops without requeueing. The rerun of
 the same command resumes from the checkpoint and ends as the uninterrupted run would. A run
 killed outright resumes from the last epoch's checkpoint.
+
+DDP (``trainer=ddp``): Lightning forks the ranks for each fit; the best checkpoint's weights,
+score and the epochs run come back to this process (:func:`restore_fit_state`), which alone
+writes the stage store, and tests in a single process (:func:`run_test`).
 """
 
 from __future__ import annotations

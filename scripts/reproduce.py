@@ -43,7 +43,6 @@ from fincompress.stages.benchmark import artifacts_override
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["teacher", "study", "ptq", "qat", "teacher_int8", "prune30", "prune30_int8", "prune50",
           "compress", "benchmark", "frontier"]
-STUDY_METHODS = "fresh,fresh_converged,ce,kd_t2,kd_t5,kd_t9,pkd,pkd_b1,pkd_b10,pkd_b100,tinybert"
 
 
 def run(stage: str, command: list[str], folder: Path, record: dict) -> dict:
@@ -89,7 +88,8 @@ def main() -> None:
     parser.add_argument("--name", default="repro")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--output-root", default="outputs")
-    parser.add_argument("--methods", default=STUDY_METHODS, help="the study's methods")
+    parser.add_argument("--methods", help="the study's methods (default: all of them, the "
+                                          "study_method config group)")
     parser.add_argument("--stage-overrides", action="append", default=[], metavar="STAGE=OVERRIDE",
                         help="an override for one stage only (repeatable)")
     parser.add_argument("--redo", action="append", default=[], choices=STAGES,
@@ -138,8 +138,9 @@ def main() -> None:
         sys.exit(f"the teacher failed; see {root / 'teacher.log'}")
     pin = [f"teacher_checkpoint={root / 'teacher' / 'model'}"]  # every later stage uses it
     best = None
-    if step("study", [sys.executable, "scripts/study.py", "--name", args.name, "--methods",
-                      args.methods, "--seeds", str(args.seeds), "--output-root", output_root, "--",
+    methods = ["--methods", args.methods] if args.methods else []
+    if step("study", [sys.executable, "scripts/study.py", "--name", args.name, *methods,
+                      "--seeds", str(args.seeds), "--output-root", output_root, "--",
                       *common, *pin, *extra.get("study", [])]):
         best = best_student(Path(output_root) / "study" / args.name / "study.json")
         record["best_student"] = best

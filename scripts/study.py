@@ -1,17 +1,22 @@
 """A distillation study: fresh (same stage-2 settings, and converged) / CE / KD (T = 2, 5, 9) /
-PKD / TinyBERT for one student, over several seeds.
+PKD / TinyBERT for one student, over several seeds, as one Hydra multirun.
 
-    python scripts/study.py --name NAME [--methods fresh,ce,kd_t2,...] [--seeds 3] -- [train.py overrides]
+    python scripts/study.py --name NAME [--methods fresh,ce,kd_t2,...] [--seeds 3]
+        [--launcher local|slurm] [--collect] -- [train.py overrides]
     python scripts/study.py --name mpnet_minilm -- teacher=mpnet_base student=minilm news.max_sentences=20000
 
-Each method runs once per seed as ``python train.py +experiment=... seed=S`` into
-``outputs/study/NAME/<method>/seed<S>``. The teacher is trained (or found) by the first run and
-pinned for every later one (``teacher_checkpoint``), so seeds vary the students only; stored
-pseudo-labels are shared. A run whose folder already has results is not run again (resume after
-a crash). Writes ``study.csv``, ``study.json`` and ``study.md`` (one row per model, the teacher
+It runs ``python train.py -m +experiment=study study_name=NAME study_method=... seed=...``: one
+job per method and seed, into ``outputs/study/NAME/<method>/seed<S>``, in this process's
+turn by default, as local processes (``--launcher local``) or SLURM jobs (``--launcher slurm``,
+the ``hydra/launcher`` configs). The methods are the ``study_method`` config group. One teacher
+serves every job (``teacher_seed``): the first job trains and stores it and the others reuse it,
+so seeds vary the students only; stored pseudo-labels are shared. A job whose folder already
+has results returns them (a rerun after a crash trains only what is missing). Then, from the
+jobs' folders: ``study.csv``, ``study.json`` and ``study.md`` (one row per model, the teacher
 first, each score the mean over seeds with its standard deviation), ``confusion_matrices.png``
 (fresh, CE, KD T=5, PKD; first seed), ``temperature_sweep.png`` (KD macro-F1 against T) and
-``pkd_beta_sweep.png`` (PKD macro-F1 against beta).
+``pkd_beta_sweep.png`` (PKD macro-F1 against beta). ``--collect`` writes them from the folders
+of a multirun that ran elsewhere (say, on a cluster) without running anything.
 """
 
 from __future__ import annotations
@@ -30,58 +35,27 @@ from omegaconf import OmegaConf
 from fincompress.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
-# each method's overrides, placed after the study's own (so a method's choice wins)
-METHODS = {
-    # the student fine-tuned on PhraseBank alone: with the distilled students' stage-2 settings,
-    # and given up to 10 epochs with the best one on validation kept (the converged baseline
-    # that a distillation gain must beat)
-    "fresh": ["+experiment=fresh"],
-    "fresh_converged": ["+experiment=fresh", "student.stage2_epochs=10"],
-    "ce": ["+experiment=ce"],
-    "kd_t2": ["+experiment=kd", "method.temperature=2"],
-    "kd_t5": ["+experiment=kd", "method.temperature=5"],
-    "kd_t9": ["+experiment=kd", "method.temperature=9"],
-    "pkd": ["+experiment=pkd"],
-    # PKD's beta against the T^2-scaled KD term: seed000's 0.02 (the default) and Sun et al.'s
-    # range; each run logs train/share_pkd, the PKD term's share of the loss
-    "pkd_b1": ["+experiment=pkd", "method.pkd_beta=1"],
-    "pkd_b10": ["+experiment=pkd", "method.pkd_beta=10"],
-    "pkd_b100": ["+experiment=pkd", "method.pkd_beta=100"],
-    # the teacher runs on the student's tokens: a student cut from the teacher's pretrained
-    # encoder (three layers), whatever the study's student
-    "tinybert": ["+experiment=tinybert", "student=truncated"],
-}
+CONF = ROOT / "fincompress" / "conf"
+# the study's methods: the study_method config group (each file selects an experiment and sets
+# what the method changes), in the order of +experiment=study's sweep
+METHODS = OmegaConf.load(CONF / "experiment" / "study.yaml").hydra.sweeper.params.study_method.split(",")
 FIGURE = ["fresh", "ce", "kd_t5", "pkd"]
 COLUMNS = ["model", "parameters_m", "acc", "f1_macro", "f1_negative", "f1_neutral", "f1_positive",
            "kl_teacher_student", "agreement_with_teacher", "ece", "stage1_s", "stage2_s"]
 
 
-def run_method(name: str, folder: Path, study: str, overrides: list[str], output_root: str) -> dict:
-    results = folder / "results.json"
+def collect(folder: Path) -> dict:
+    """One job's outcome from its folder: its results (``ok``), or why it has none: ``skipped``
+    (a method this student cannot do, said in FAILED.json), ``failed`` or ``missing``."""
+    results, failed = folder / "results.json", folder / "FAILED.json"
     if results.is_file():
-        print(f"[{study}] {name}: done earlier, reusing {results}")
         return {"status": "ok", **json.loads(results.read_text())}
-    command = [sys.executable, "train.py", f"study_name={study}", f"hydra.run.dir={folder}",
-               f"paths.output_root={output_root}", *overrides, *METHODS[name]]
-    print(f"[{study}] {name}: {' '.join(command[1:])}", flush=True)
-    started = time.perf_counter()
-    log = folder.with_suffix(".log")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
-    from fincompress.stages.distill import StudentMismatchError  # the training stack, on use
-
-    if code == StudentMismatchError.exit_code:
-        reason = [line for line in log.read_text(errors="replace").splitlines()
-                  if line.startswith("error: ")][-1].removeprefix("error: ")
-        print(f"[{study}] {name}: skipped: {reason}")
-        return {"status": "skipped", "error": reason}
-    if code != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-        print(f"[{study}] {name}: FAILED ({tail}); see {log}")
-        return {"status": "failed", "error": tail[0] if tail else f"exit {code}"}
-    print(f"[{study}] {name}: {time.perf_counter() - started:.0f} s")
-    return {"status": "ok", **json.loads(results.read_text())}
+    if failed.is_file():
+        error = json.loads(failed.read_text())["error"]
+        kind, _, message = error.partition(": ")
+        return {"status": "skipped" if kind == "StudentMismatchError" else "failed",
+                "error": message if kind == "StudentMismatchError" else error}
+    return {"status": "missing", "error": f"no results in {folder}"}
 
 
 def table_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
@@ -132,16 +106,19 @@ SWEEPS = [("method.temperature", "KD temperature T", "temperature_sweep.png", "k
 
 
 def swept_value(method: str, setting: str, experiment: str) -> float | None:
-    """The value of ``setting`` a study method runs with: its own override, else the method
-    config's default; None for methods of another experiment."""
-    overrides = METHODS.get(method, [])
-    if f"+experiment={experiment}" not in overrides:
+    """The value of ``setting`` a study method runs with: its own setting, else the method
+    config's default; None for unknown methods and methods of another experiment."""
+    path = CONF / "study_method" / f"{method}.yaml"
+    if not path.is_file():
         return None
-    for override in overrides:
-        if override.startswith(f"{setting}="):
-            return float(override.partition("=")[2])
-    config = OmegaConf.load(ROOT / "fincompress" / "conf" / "method" / f"{experiment}.yaml")
-    return float(OmegaConf.select(config, setting.removeprefix("method.")))
+    study_method = OmegaConf.load(path)
+    if f"/experiment/{experiment}" not in study_method.defaults:
+        return None
+    value = OmegaConf.select(study_method, setting)
+    if value is None:
+        value = OmegaConf.select(OmegaConf.load(CONF / "method" / f"{experiment}.yaml"),
+                                 setting.removeprefix("method."))
+    return float(value)
 
 
 def plot_sweep(rows: list[dict], setting: str, label: str, path: Path, experiment: str) -> bool:
@@ -178,6 +155,11 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--output-root", default="outputs")
     parser.add_argument("--seeds", type=int, default=3, help="runs per method (seeds 42, 43, ...)")
+    parser.add_argument("--launcher", choices=["local", "slurm"],
+                        help="run the jobs as local processes or SLURM jobs (hydra/launcher); "
+                             "default: one after another in the multirun's process")
+    parser.add_argument("--collect", action="store_true",
+                        help="only write the table and plots from the jobs' folders")
     parser.add_argument("overrides", nargs="*", help="train.py overrides, after --")
     args = parser.parse_args()
     methods = args.methods.split(",")
@@ -187,16 +169,23 @@ def main() -> None:
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     root = Path(args.output_root) / "study" / args.name
-    overrides = list(args.overrides)
+    seeds = list(range(42, 42 + args.seeds))
+    if not args.collect:
+        command = [sys.executable, "train.py", "-m", "+experiment=study", f"study_name={args.name}",
+                   f"paths.output_root={args.output_root}", f"study_method={','.join(methods)}",
+                   f"seed={','.join(map(str, seeds))}",
+                   *([f"hydra/launcher={args.launcher}"] if args.launcher else []), *args.overrides]
+        print(f"[{args.name}] {' '.join(command[1:])}", flush=True)
+        started = time.perf_counter()
+        # a failed job fails the multirun only after the others ran; the table says which
+        code = subprocess.run(command, cwd=ROOT).returncode
+        print(f"[{args.name}] multirun ended (exit {code}) after {time.perf_counter() - started:.0f} s")
     runs: dict[str, dict[int, dict]] = {}
-    for seed in range(42, 42 + args.seeds):
-        for method in methods:
-            result = run_method(method, root / method / f"seed{seed}", args.name,
-                                [*overrides, f"seed={seed}"], args.output_root)
-            runs.setdefault(method, {})[seed] = result
-            if result["status"] == "ok" and not any(o.startswith("teacher_checkpoint=")
-                                                    for o in overrides):
-                overrides.append(f"teacher_checkpoint={result['teacher_dir']}")  # pin it
+    for method in methods:
+        for seed in seeds:
+            runs.setdefault(method, {})[seed] = result = collect(root / method / f"seed{seed}")
+            if result["status"] != "ok":
+                print(f"[{args.name}] {method} seed {seed}: {result['status']}: {result['error']}")
     rows = table_rows(runs)
     with open(root / "study.csv", "w", newline="") as f:
         fields = ["seeds", *[k for c in COLUMNS for k in (c, f"{c}_std")]]
@@ -221,7 +210,7 @@ def main() -> None:
              if plot_sweep(rows, setting, label, root / name, experiment)]
     print(f"\nwritten: {root}/study.{{csv,json,md}}, confusion_matrices.png"
           + "".join(f", {name}" for name in plots))
-    if any(r["status"] == "failed" for seeds in runs.values() for r in seeds.values()):
+    if any(r["status"] in ("failed", "missing") for seeds in runs.values() for r in seeds.values()):
         sys.exit(1)
 
 

@@ -130,6 +130,29 @@ def test_the_scaling_script_measures_one_and_two_label_workers(tmp_path, data_di
     assert "Projected" in (tmp_path / "scaling" / "tiny" / "scaling.md").read_text()
 
 
+@pytest.mark.slow(budget_s=300)
+def test_the_scaling_script_measures_training_in_one_and_two_processes(tmp_path, data_dir):
+    done = subprocess.run(
+        [sys.executable, "scripts/scaling.py", "--name", "tiny", "--workers", "",
+         "--train-sentences", "100", "--repeats", "1", "--output-root", str(tmp_path), "--",
+         *TINY, "student=tiny", "student.model.num_hidden_layers=2", "student.model.hidden_size=32",
+         "student.model.num_attention_heads=2", "student.model.intermediate_size=64",
+         f"paths.data_dir={DATA_DIR}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "scaling" / "tiny" / "scaling.json").read_text())
+    assert "measured" not in result  # no labelling asked for
+    rows = {row["processes"]: row for row in result["training"]}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        assert row["sentences"] == 100 and row["epochs"] == 2 and row["stage1_s"] > 0
+    projection = result["training_projection"]
+    assert [p["machines"] for p in projection] == [1, 8]
+    assert projection[0]["all_reduce_ms"] == 0 and projection[1]["all_reduce_ms"] > 0
+    assert projection[0]["speed_up"] == 1.0
+    assert not (tmp_path / "scaling" / "tiny" / "runs").exists()
+
+
 DDP_STUDENT = ["student=tiny", "student.model.num_hidden_layers=2", "student.model.hidden_size=32",
                "student.model.num_attention_heads=2", "student.model.intermediate_size=64",
                "student.stage1_epochs=1", "student.stage2_epochs=2", "trainer.precision=32-true",

@@ -24,8 +24,8 @@ def overrides_for(path: Path) -> list[str]:
     if relative.parent == Path("."):
         return []
     group = relative.parent.as_posix()
-    if group == "experiment":
-        return [f"+experiment={relative.stem}"]
+    if group in ("experiment", "study_method"):  # groups the root config leaves out
+        return [f"+{group}={relative.stem}"]
     return [f"{group}={relative.stem}"]
 
 

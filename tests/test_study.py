@@ -28,14 +28,15 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     pkd = [saved["runs"]["pkd"][seed]["student"]["f1_macro"] for seed in ("42", "43")]
     assert float(rows[2]["f1_macro"]) == pytest.approx(sum(pkd) / 2)  # the mean over seeds
     assert float(rows[2]["f1_macro_std"]) == pytest.approx(abs(pkd[0] - pkd[1]) / 2 ** 0.5)
-    # seeds vary the students only: one teacher, pinned after the first run
+    # seeds vary the students only: one teacher (teacher_seed), trained by the first job
     assert len([p for p in (tmp_path / "stages" / "teacher").iterdir() if not p.name.startswith(".")]) == 1
     assert {saved["runs"][m][s]["teacher_dir"] for m in ("fresh", "pkd") for s in ("42", "43")} \
         == {saved["runs"]["fresh"]["42"]["teacher_dir"]}
     assert (study / "study.md").read_text().count("\n") == 5
     assert (study / "confusion_matrices.png").stat().st_size > 5000
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 4
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("from an earlier run into this folder") == 4  # nothing retrained
 
     table = subprocess.run([sys.executable, "scripts/collect_results.py", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -58,14 +59,17 @@ def test_study_rejects_unknown_methods(tmp_path):
 @pytest.mark.slow(budget_s=400)
 def test_study_skips_a_method_the_student_cannot_do_and_says_why(tmp_path, data_dir):
     """TinyBERT runs the teacher on the student's tokens, so it cannot train a student on another
-    tokenizer (here one cut from MPNet, beside the teacher's MiniLM one)."""
+    tokenizer (here one cut from MPNet, beside the teacher's MiniLM one). The job runs as a
+    local submitit process (--launcher local), as it would on SLURM."""
     result = subprocess.run(
         [sys.executable, "scripts/study.py", "--name", "tiny", "--methods", "tinybert",
-         "--output-root", str(tmp_path), "--", *TINY, "news.max_sentences=120",
+         "--seeds", "1", "--launcher", "local", "--output-root", str(tmp_path), "--", *TINY,
+         "news.max_sentences=120",
          "student.model.source=bundled:mpnet-base", f"paths.data_dir={DATA_DIR}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "tinybert: skipped: method tinybert runs the teacher on the student's tokens" in result.stdout
+    assert "tinybert seed 42: skipped: method tinybert runs the teacher on the student's tokens" \
+        in result.stdout
     rows = json.loads((tmp_path / "study" / "tiny" / "study.json").read_text())["rows"]
     assert len(rows) == 1 and rows[0]["model"].startswith("tinybert (skipped: method tinybert")
 

@@ -30,11 +30,17 @@ log = logging.getLogger(__name__)
 
 
 def teacher_inputs(cfg: DictConfig) -> dict:
-    """What decides a stored teacher: its config, the data, the seed and the trainer (with the
-    resolved precision)."""
+    """What decides a stored teacher: its config, the data, the seed (``teacher_seed``, else
+    ``seed``) and the trainer (with the resolved precision)."""
     choose_precision(cfg)
-    return {"teacher": cfg.teacher, "data": data_settings(cfg), "seed": cfg.seed,
+    return {"teacher": cfg.teacher, "data": data_settings(cfg), "seed": teacher_seed(cfg),
             "trainer": trainer_settings(cfg)}
+
+
+def teacher_seed(cfg: DictConfig) -> int:
+    """The seed the teacher trains with: ``teacher_seed`` where set (a study's seeds then vary
+    the students only), else the run's ``seed``."""
+    return cfg.seed if cfg.get("teacher_seed") is None else cfg.teacher_seed
 
 
 def ensure_teacher(cfg: DictConfig) -> Path:
@@ -54,7 +60,7 @@ def train_teacher(cfg: DictConfig) -> dict:
     """Fine-tune, test the best epoch, export. Returns the ``checkpoint_info`` dict."""
     started = time.perf_counter()
     machine = choose_precision(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(teacher_seed(cfg), workers=True)
     labels = list(cfg.data.labels)
     model, tokenizer = instantiate(cfg.teacher.model)
     datamodule = instantiate(cfg.data, tokenizer=tokenizer)
