@@ -217,8 +217,9 @@ def training_section(rows: list[dict], batch: int, machines: list[int], gbit_s: 
             f"all-reduce of the student's fp32 gradients ({gradient_bytes / 2**20:.0f} MiB; "
             f"2 (n-1)/n of it crosses each machine's link) at {gbit_s:g} Gbit/s, with no "
             "overlap of the two:\n\n"
-            + markdown_table(projection, [("machines", "machines"), ("compute_ms", "compute ms/step"),
-                                          ("all_reduce_ms", "all-reduce ms/step"),
+            + markdown_table(projection, [("machines", "machines"),
+                                          ("compute_ms", "compute ms/step", ".1f"),
+                                          ("all_reduce_ms", "all-reduce ms/step", ".1f"),
                                           ("sentences_per_s", "sentences/s", ".1f"),
                                           ("speed_up", "speed-up", ".2f")])
             + f"\nOverrides: {' '.join(overrides)}\n")
