@@ -77,7 +77,14 @@ def test_under_ddp_each_rank_takes_its_share_of_every_batch(monkeypatch):
     _, rank0 = batches(nine, False, 0)
     _, rank1 = batches(nine, False, 1)
     assert sorted(i for batch in rank0 + rank1 for i in batch) == list(range(9))
-    assert [len(batch) for batch in rank0] == [4, 1] and [len(batch) for batch in rank1] == [4]
+    assert sorted([len(rank0), len(rank1)]) == [1, 2]  # the batch of 1 goes to one rank
+    # three ranks and a batch of 4: shares of 1, 1 and 2, none empty (a rank without a share
+    # of a training batch would leave the others waiting for it)
+    sizes = []
+    for rank in range(3):
+        monkeypatch.setattr(batching, "replicas", lambda rank=rank: (rank, 3))
+        sizes.append([len(b) for b in LengthGroupedBatchSampler(lengths[:4], 8, True, seed=3)])
+    assert sorted(sum(sizes, [])) == [1, 1, 2]
 
 
 def test_tokenization_is_cached_across_runs(minilm_tokenizer, tmp_path):

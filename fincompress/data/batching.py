@@ -81,9 +81,9 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         rank, ranks = replicas()
         for batch in self.batches()[skip:]:
             if ranks > 1:
-                # contiguous shares of the batch sorted by length: each rank pads little
-                share = -(-len(batch) // ranks)
-                batch = batch[rank * share:(rank + 1) * share]
+                # contiguous shares of the batch sorted by length (each rank pads little), their
+                # sizes one apart at most: none is empty where the batch has a sentence per rank
+                batch = batch[rank * len(batch) // ranks:(rank + 1) * len(batch) // ranks]
             if batch:  # an evaluation batch smaller than the ranks leaves some without a share
                 yield batch
 
@@ -119,7 +119,7 @@ def _chunks(items: list[int], size: int) -> list[list[int]]:
 
 def pad_collate(pad_token_id: int):
     """Collate function padding ``input_ids`` to the longest sequence in the batch (a partial
-    of a module function: DDP's spawned processes receive the loader pickled)."""
+    of a module function, so that a loader pickles: DDP started by spawn sends it pickled)."""
     return functools.partial(collate_padded, pad_token_id=pad_token_id)
 
 
