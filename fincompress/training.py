@@ -177,7 +177,7 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
     if callback is not None and callback.best_model_path:
         saved = torch.load(callback.best_model_path, weights_only=False)
         module.load_state_dict(saved["state_dict"])
-        if callback.best_model_score is None:  # DDP's spawned fit returns the path only
+        if callback.best_model_score is None:  # a DDP fit sends back the path only
             restore_fit_state(trainer, saved, Path(callback.best_model_path).with_name("last.ckpt"))
     if callback is not None and callback.dirpath:
         shutil.rmtree(callback.dirpath, ignore_errors=True)
@@ -187,7 +187,7 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
 
 
 def restore_fit_state(trainer: L.Trainer, best: dict, last: Path) -> None:
-    """After a fit in spawned DDP processes, what the Trainer of this process lacks (Lightning
+    """After a fit in forked DDP processes, what the Trainer of this process lacks (Lightning
     sends back the weights and the best checkpoint's path): the best score, from that
     checkpoint's ModelCheckpoint state, and the epochs run, from the last checkpoint."""
     for state in best.get("callbacks", {}).values():
@@ -200,7 +200,7 @@ def restore_fit_state(trainer: L.Trainer, best: dict, last: Path) -> None:
 
 def run_test(trainer: L.Trainer, cfg: DictConfig, module: ClassifierModule, datamodule) -> dict:
     """Test ``module`` with the fit's ``trainer`` and return its ``test_results`` (metrics and
-    confusion matrix). After a DDP fit, in a single-process Trainer instead: the spawned
+    confusion matrix). After a DDP fit, in a single-process Trainer instead: the forked
     processes' results would not come back to this one."""
     if trainer.world_size > 1:
         single = copy.deepcopy(cfg)
