@@ -58,6 +58,18 @@ def collect(folder: Path) -> dict:
     return {"status": "missing", "error": f"no results in {folder}"}
 
 
+def own_student(method: str) -> str | None:
+    """The student a study method's config chooses (``override /student: NAME``), or None."""
+    for entry in OmegaConf.load(CONF / "study_method" / f"{method}.yaml").defaults:
+        if isinstance(entry, str) and entry.startswith("override /student:"):
+            return entry.partition(":")[2].strip()
+        if not isinstance(entry, str):
+            for key, value in entry.items():
+                if key == "override /student":
+                    return value
+    return None
+
+
 def table_rows(runs: dict[str, dict[int, dict]]) -> list[dict]:
     """One row per model: each score the mean over the seeds that ran, with ``<score>_std``
     beside it (0 for one seed) and ``seeds`` counting them."""
@@ -170,22 +182,34 @@ def main() -> None:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
     root = Path(args.output_root) / "study" / args.name
     seeds = list(range(42, 42 + args.seeds))
+    if args.collect and not root.is_dir():
+        parser.error(f"--collect: {root} does not exist (no multirun wrote there)")
     if not args.collect:
-        command = [sys.executable, "train.py", "-m", "+experiment=study", f"study_name={args.name}",
-                   f"paths.output_root={args.output_root}", f"study_method={','.join(methods)}",
-                   f"seed={','.join(map(str, seeds))}",
-                   *([f"hydra/launcher={args.launcher}"] if args.launcher else []), *args.overrides]
-        print(f"[{args.name}] {' '.join(command[1:])}", flush=True)
-        started = time.perf_counter()
-        # a failed job fails the multirun only after the others ran; the table says which
-        code = subprocess.run(command, cwd=ROOT).returncode
-        print(f"[{args.name}] multirun ended (exit {code}) after {time.perf_counter() - started:.0f} s")
+        # a method whose config picks its own student (TinyBERT: one cut from the teacher's
+        # encoder) runs in a multirun of its own with that student last: a student=... among
+        # the study's overrides would otherwise replace the config's choice
+        groups: dict[str | None, list[str]] = {}
+        for method in methods:
+            groups.setdefault(own_student(method), []).append(method)
+        for student, group in groups.items():
+            command = [sys.executable, "train.py", "-m", "+experiment=study",
+                       f"study_name={args.name}", f"paths.output_root={args.output_root}",
+                       f"study_method={','.join(group)}", f"seed={','.join(map(str, seeds))}",
+                       *([f"hydra/launcher={args.launcher}"] if args.launcher else []),
+                       *args.overrides, *([f"student={student}"] if student else [])]
+            print(f"[{args.name}] {' '.join(command[1:])}", flush=True)
+            started = time.perf_counter()
+            # a failed job fails the multirun only after the others ran; the table says which
+            code = subprocess.run(command, cwd=ROOT).returncode
+            print(f"[{args.name}] multirun ended (exit {code}) after "
+                  f"{time.perf_counter() - started:.0f} s")
     runs: dict[str, dict[int, dict]] = {}
     for method in methods:
         for seed in seeds:
             runs.setdefault(method, {})[seed] = result = collect(root / method / f"seed{seed}")
             if result["status"] != "ok":
                 print(f"[{args.name}] {method} seed {seed}: {result['status']}: {result['error']}")
+    root.mkdir(parents=True, exist_ok=True)
     rows = table_rows(runs)
     with open(root / "study.csv", "w", newline="") as f:
         fields = ["seeds", *[k for c in COLUMNS for k in (c, f"{c}_std")]]

@@ -93,3 +93,29 @@ def test_sweep_plots_and_mean_std_cells(tmp_path):
     assert swept_value("kd_t2", "method.pkd_beta", "pkd") is None
     assert plot_sweep(rows, *beta[:2], tmp_path / "beta.png", beta[3])
     assert cell_text(0.95123, 0.0042) == "0.9512 ± 0.0042" and cell_text(0.95, 0.0) == "0.9500"
+
+
+def test_tinybert_keeps_its_own_student_when_the_study_names_another(tmp_path, monkeypatch):
+    """TinyBERT's study method cuts its student from the teacher's encoder; a student=minilm
+    given to the study (for every other method) must not replace it, so it runs in a multirun
+    of its own with its student last. The commands study.py starts, composed as Hydra would."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import study
+
+    from .conftest import compose_config
+
+    commands = []
+    monkeypatch.setattr(study.subprocess, "run", lambda command, cwd: commands.append(command)
+                        or subprocess.CompletedProcess(command, 0))
+    monkeypatch.setattr(sys, "argv", ["study.py", "--name", "x", "--methods", "pkd,tinybert",
+                                      "--seeds", "1", "--output-root", str(tmp_path), "--",
+                                      "student=minilm"])
+    with pytest.raises(SystemExit):  # no job ran, so the table finds them missing
+        study.main()
+    students = {}
+    for command in commands:
+        overrides = [o for o in command[3:] if not o.startswith(("seed=", "paths."))]
+        (method,) = [o.partition("=")[2] for o in overrides if o.startswith("study_method=")]
+        cfg = compose_config(overrides, tmp_path)
+        students[method] = cfg.student.name
+    assert students == {"pkd": "minilm", "tinybert": "truncated"}
