@@ -194,7 +194,8 @@ def restore_fit_state(trainer: L.Trainer, best: dict, last: Path) -> None:
         if isinstance(state, dict) and state.get("best_model_score") is not None:
             trainer.checkpoint_callback.best_model_score = state["best_model_score"]
     if last.is_file():
-        epoch = torch.load(last, weights_only=False, map_location="cpu")["epoch"]
+        # mapped, not read: only its epoch is needed (with optimizer state it can pass 1 GB)
+        epoch = torch.load(last, weights_only=False, map_location="cpu", mmap=True)["epoch"]
         trainer.fit_loop.epoch_progress.current.completed = epoch + 1
 
 

@@ -61,12 +61,8 @@ def collect(folder: Path) -> dict:
 def own_student(method: str) -> str | None:
     """The student a study method's config chooses (``override /student: NAME``), or None."""
     for entry in OmegaConf.load(CONF / "study_method" / f"{method}.yaml").defaults:
-        if isinstance(entry, str) and entry.startswith("override /student:"):
-            return entry.partition(":")[2].strip()
-        if not isinstance(entry, str):
-            for key, value in entry.items():
-                if key == "override /student":
-                    return value
+        if "override /student" in entry:  # a defaults entry ``override /student: NAME``
+            return entry["override /student"]
     return None
 
 

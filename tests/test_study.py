@@ -33,6 +33,14 @@ def test_study_writes_table_and_figure_and_resumes(tmp_path, data_dir):
     assert {saved["runs"][m][s]["teacher_dir"] for m in ("fresh", "pkd") for s in ("42", "43")} \
         == {saved["runs"]["fresh"]["42"]["teacher_dir"]}
     assert (study / "study.md").read_text().count("\n") == 5
+    # --collect runs nothing and writes the same table from the jobs' folders
+    (study / "study.md").unlink()
+    collected = subprocess.run([*command[:8], "--collect", *command[8:]], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+    assert "train.py -m" not in collected.stdout
+    assert json.loads((study / "study.json").read_text())["rows"] == saved["rows"]
+    assert (study / "study.md").read_text().count("\n") == 5
     assert (study / "confusion_matrices.png").stat().st_size > 5000
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -54,6 +62,10 @@ def test_study_rejects_unknown_methods(tmp_path):
                              "kd_t4", "--output-root", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown methods ['kd_t4']" in result.stderr
+    result = subprocess.run([sys.executable, "scripts/study.py", "--name", "never", "--collect",
+                             "--output-root", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no multirun wrote there" in result.stderr
 
 
 @pytest.mark.slow(budget_s=400)
