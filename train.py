@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fincompress import distributed
 from fincompress.config_checks import check_config
 from fincompress.errors import InputError
 from fincompress.files import write_json
@@ -45,7 +46,9 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.get("reuse_finished_run") and finished.is_file():
             print(f"reusing {finished}, from an earlier run into this folder")
             return json.loads(finished.read_text())["student"].get("f1_macro")
+        distributed.join(cfg)  # DDP ranks started by srun or torchrun: every rank runs the job
         info = TASKS[cfg.task](cfg)
+        distributed.leave()
         # a rerun into the folder of a failed run: it no longer failed
         (Path(cfg.paths.run_dir) / "FAILED.json").unlink(missing_ok=True)
     except InputError as error:

@@ -85,6 +85,12 @@ class ClassifierModule(L.LightningModule):
         self.log_dict(values)
         self.val_metrics.reset()
 
+    def on_test_start(self) -> None:
+        # a single-process test in a rank of a multi-process job (run_test after a DDP fit)
+        # must not gather the other ranks' counts
+        for metric in self.test_metrics.values():
+            metric.sync_on_compute = self.trainer.world_size > 1
+
     def test_step(self, batch: dict, batch_index: int) -> None:
         self.test_metrics.update(self(batch), batch["labels"])
 

@@ -13,12 +13,16 @@ killed outright resumes from the last epoch's checkpoint.
 
 DDP (``trainer=ddp``): Lightning forks the ranks for each fit; the best checkpoint's weights,
 score and the epochs run come back to this process (:func:`restore_fit_state`), which alone
-writes the stage store, and tests in a single process (:func:`run_test`).
+writes the stage store, and tests in a single process (:func:`run_test`). Ranks that an
+external launcher started (several machines, :mod:`fincompress.distributed`) each run the
+fit; rank 0 chooses the checkpoint to resume from and alone deletes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import multiprocessing
 import os
 import random
 import shutil
@@ -32,6 +36,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fincompress import distributed
 from fincompress.data.batching import TokenizedDataset, length_grouped_loader
 from fincompress.distill.kd import KDLoss
 from fincompress.hardware import machine_record, resolve_precision
@@ -73,21 +78,31 @@ class Preemption(L.Callback):
             sampler.skip = self.position["batches_done"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None:
+        if self.agreed(trainer) is not None:
             self.stop(trainer, {"batches_done": batch_idx + 1})
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.received is not None:  # it came during the last validation: the fit is done
+        if self.agreed(trainer) is not None:  # it came during the last validation: the fit is done
             self.stop(trainer, {})
+
+    def agreed(self, trainer) -> int | None:
+        """The signal received, by any DDP rank: every rank stops at the same batch, whichever
+        the signal reached first (SLURM signals each task; a forked rank gets it from the job's
+        process, :func:`forward_signals`)."""
+        if trainer.world_size > 1:
+            signum = torch.tensor(float(self.received or 0))
+            self.received = int(trainer.strategy.reduce(signum, reduce_op="max").item()) or None
+        return self.received
 
     def stop(self, trainer, position: dict) -> None:
         """Save the checkpoint (``position``: the batches of this epoch already trained), ask
         SLURM to requeue on its warning signals, and end the process."""
         self.position = position
-        trainer.save_checkpoint(self.path.with_suffix(".partial"))
-        os.replace(self.path.with_suffix(".partial"), self.path)
+        trainer.save_checkpoint(self.path.with_suffix(".partial"))  # written by rank 0
+        if trainer.is_global_zero:
+            os.replace(self.path.with_suffix(".partial"), self.path)
         job = None
-        if self.received in REQUEUE_SIGNALS:
+        if self.received in REQUEUE_SIGNALS and trainer.is_global_zero:
             array = os.environ.get("SLURM_ARRAY_JOB_ID")
             job = (f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array
                    else os.environ.get("SLURM_JOB_ID"))
@@ -105,6 +120,30 @@ class Preemption(L.Callback):
             self.position = {"batches_done": state["batches_done"]}
         torch.set_rng_state(state["torch"])
         random.setstate(state["python"])
+
+
+@contextlib.contextmanager
+def forward_signals(active: bool):
+    """While a fit runs in processes Lightning forked (``trainer=ddp`` on one machine), pass
+    SLURM's signals on to them (their :class:`Preemption` saves and stops them); yields the
+    list of signals passed on. Does nothing unless ``active``."""
+    forwarded: list[signal.Signals] = []
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield forwarded
+        return
+
+    def forward(signum, frame):
+        forwarded.append(signal.Signals(signum))
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signum)
+
+    signals = (*REQUEUE_SIGNALS, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, forward) for signum in signals}
+    try:
+        yield forwarded
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def choose_precision(cfg: DictConfig) -> dict:
@@ -170,18 +209,31 @@ def fit(cfg: DictConfig, module: ClassifierModule, prefix: str = "", datamodule=
             if ckpt_path is None and saved.is_file():
                 ckpt_path = str(saved)
                 print(f"resuming from {saved}, left by an interrupted run", flush=True)
+    ckpt_path = distributed.broadcast(ckpt_path)  # ranks of an external launcher: rank 0's
     trainer = build_trainer(cfg, prefix=prefix, callbacks=extra)
-    trainer.fit(module, datamodule=datamodule, train_dataloaders=train, val_dataloaders=val,
-                ckpt_path=ckpt_path)
+    # Lightning forks the ranks: SLURM's signals reach this process, which passes them on
+    forks = trainer.world_size > 1 and distributed.ranks() == 1
+    with forward_signals(resume is not None and forks) as forwarded:
+        try:
+            trainer.fit(module, datamodule=datamodule, train_dataloaders=train,
+                        val_dataloaders=val, ckpt_path=ckpt_path)
+        except Exception as error:
+            if not forwarded:
+                raise
+            raise SystemExit(f"stopped by signal {forwarded[0].name}: the DDP ranks saved "
+                             f"{folder / 'preempted.ckpt'}; run the same command again to "
+                             "resume") from error
     callback = trainer.checkpoint_callback
     if callback is not None and callback.best_model_path:
         saved = torch.load(callback.best_model_path, weights_only=False)
         module.load_state_dict(saved["state_dict"])
         if callback.best_model_score is None:  # a DDP fit sends back the path only
             restore_fit_state(trainer, saved, Path(callback.best_model_path).with_name("last.ckpt"))
-    if callback is not None and callback.dirpath:
+    distributed.barrier()  # every rank has read the best checkpoint before rank 0 deletes it
+    if distributed.rank() == 0 and callback is not None and callback.dirpath:
         shutil.rmtree(callback.dirpath, ignore_errors=True)
-    if resume is not None:  # done: a later failure of the stage must not resume this fit
+    if resume is not None and distributed.rank() == 0:
+        # done: a later failure of the stage must not resume this fit
         (folder / "preempted.ckpt").unlink(missing_ok=True)
     return trainer
 
@@ -207,7 +259,11 @@ def run_test(trainer: L.Trainer, cfg: DictConfig, module: ClassifierModule, data
         single = copy.deepcopy(cfg)
         with open_dict(single):
             single.trainer.devices = 1
+            single.trainer.num_nodes = 1
             single.trainer.strategy = "auto"
+            # not the launcher's environment, which would ask for all its processes
+            single.trainer.plugins = [
+                {"_target_": "lightning.fabric.plugins.environments.LightningEnvironment"}]
         trainer = build_trainer(single)
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_results

@@ -36,3 +36,19 @@ class RankMarker(L.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"{trainer.global_rank}-{os.getpid()}-{trainer.global_step}-"
          f"{time.time_ns()}").touch()
+
+
+class PauseAt(L.Callback):
+    """Rank 0 writes ``marker`` at the end of training step ``step`` and then waits ``seconds``
+    (every DDP rank with it, at the next collective call), unless ``marker`` exists: a window in
+    which a test sends a signal from outside, as SLURM would. The rerun trains undisturbed."""
+
+    def __init__(self, step: int, marker: str, seconds: float = 2.0):
+        self.step = step
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.is_global_zero and not self.marker.exists():
+            self.marker.write_text(f"{os.getpid()}\n")
+            time.sleep(self.seconds)

@@ -212,3 +212,67 @@ def test_ddp_with_two_processes_trains_what_one_process_trains(tmp_path, data_di
     (info,) = folders["ddp"].glob("stages/teacher/*/model/checkpoint_info.json")
     info = json.loads(info.read_text())
     assert info["epochs_run"] == 1 and info["best_val_f1_macro"] is not None
+
+
+def slurm_task_env(rank: int, tasks: int, port: int, job_id: str) -> dict:
+    """What ``srun --ntasks-per-node=<tasks>`` gives task ``rank`` on one node (Lightning's
+    SLURMEnvironment reads it), for a job on this machine."""
+    return {**os.environ, "SLURM_NTASKS": str(tasks), "SLURM_NTASKS_PER_NODE": str(tasks),
+            "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
+            "SLURM_NNODES": "1", "SLURM_JOB_NAME": "fincompress", "SLURM_JOB_ID": job_id,
+            "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow(budget_s=500)
+def test_ddp_ranks_started_as_slurm_tasks_train_what_one_process_trains(tmp_path, data_dir):
+    """Multi-node DDP as SLURM runs it: one task per rank, each running the whole job (here two
+    tasks of one node, with the variables srun sets). Every rank joins the teacher, stage-1,
+    stage-2 and fresh-baseline fits; rank 0 alone writes the store and the run folder, rank 1
+    its own ``rank1`` folder; the weights equal one process's within 1e-5."""
+    from safetensors.torch import load_file
+
+    job = [sys.executable, "train.py", "+experiment=pkd", *TINY, "news.max_sentences=120",
+           *DDP_STUDENT, f"paths.data_dir={DATA_DIR}"]
+    single = subprocess.run([*job, f"paths.output_root={tmp_path / 'single'}",
+                             f"hydra.run.dir={tmp_path / 'single' / 'run'}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    root, port = tmp_path / "tasks", free_port()
+    ranks = [subprocess.Popen([*job, "trainer=ddp", "trainer.devices=2",
+                               f"paths.output_root={root}", f"hydra.run.dir={root / 'run'}"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=slurm_task_env(rank, 2, port, "4343"))
+             for rank in range(2)]
+    try:
+        logs = [rank.communicate(timeout=400)[0] for rank in ranks]
+    finally:
+        for rank in ranks:
+            rank.kill()
+    assert [rank.returncode for rank in ranks] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "DDP rank 1 of 2 (started by SLURMEnvironment)" in (
+        root / "run" / "rank1" / "train.log").read_text()
+    for model in ("stages/teacher/*/model", "run/student", "stages/fresh/*/model"):
+        (ours,) = (tmp_path / "single").glob(model)
+        (theirs,) = root.glob(model)
+        ours, theirs = load_file(ours / "model.safetensors"), load_file(theirs / "model.safetensors")
+        difference = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+        assert difference < 1e-5, f"{model}: weights differ by {difference}"
+    expected = json.loads((tmp_path / "single" / "run" / "results.json").read_text())
+    got = json.loads((root / "run" / "results.json").read_text())
+    for part in ("student", "fresh"):
+        assert got[part]["f1_macro"] == pytest.approx(expected[part]["f1_macro"], abs=1e-4)
+        assert got[part]["confusion_matrix"] == expected[part]["confusion_matrix"]
+    # one stored folder per stage and key, no scratch builds or checkpoints left
+    for stage in ("teacher", "stage1", "fresh"):
+        assert len(list((root / "stages" / stage).iterdir())) == 1, stage
+    assert not list((root / "stages").glob("*/.*scratch"))
+    assert not list((root / "stages" / ".resume").glob("*/*/checkpoints/*.ckpt"))

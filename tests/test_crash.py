@@ -187,6 +187,8 @@ def test_a_signal_during_the_last_validation_still_stops_the_run(tmp_path, monke
         monkeypatch.delenv(name, raising=False)
 
     class Trainer:
+        world_size, is_global_zero = 1, True
+
         def save_checkpoint(self, path):
             Path(path).write_text("weights")
 
@@ -198,3 +200,72 @@ def test_a_signal_during_the_last_validation_still_stops_the_run(tmp_path, monke
         callback.on_fit_end(Trainer(), None)
     assert (tmp_path / "preempted.ckpt").read_text() == "weights"
     assert "batches_done" not in callback.state_dict()
+
+
+@pytest.mark.slow(budget_s=400)
+@pytest.mark.parametrize("launch", ["forked", "slurm_tasks"])
+def test_a_preempted_ddp_fit_stops_every_rank_and_its_rerun_ends_as_an_uninterrupted_run(
+        tmp_path, launch):
+    """DDP in 2 processes, preempted: SLURM's SIGUSR1 reaches the job's process, which passes
+    it on to the ranks Lightning forked (``forked``), or reaches one rank of two that SLURM
+    started as tasks (``slurm_tasks``; SLURM signals each task, at slightly different moments).
+    Every rank stops at the same batch, rank 0 saves the checkpoint and asks for the requeue;
+    the rerun resumes and its teacher equals the uninterrupted DDP run's within 1e-6."""
+    from safetensors.torch import load_file
+
+    from .test_cluster import DDP_STUDENT, free_port, slurm_task_env
+
+    news = tmp_path / "news"
+    news.mkdir()
+    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:60]
+    (news / "posts.txt").write_text("\n".join(posts) + "\n")
+    bin_dir = tmp_path / "bin"  # a scontrol that records what it was asked
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "SLURM_JOB_ID": "4242"}
+    marker = tmp_path / "paused"
+
+    def start(root: Path, pause: bool) -> list[subprocess.Popen]:
+        command = [sys.executable, "train.py", "+experiment=label", *TINY, "teacher.max_epochs=3",
+                   "data.batch_size=8", f"news.sources=[{news}]", "news.max_sentences=20",
+                   *DDP_STUDENT, "trainer=ddp", "trainer.devices=2", f"paths.data_dir={DATA_DIR}",
+                   f"paths.output_root={root}", f"hydra.run.dir={root / 'run'}"]
+        if pause:
+            command.append(f"+callbacks.pause={{_target_: tests.helpers.PauseAt, step: 8, "
+                           f"marker: '{marker}'}}")
+        if launch == "forked":
+            return [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)]
+        port = free_port()
+        return [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True,
+                                 env={**slurm_task_env(rank, 2, port, "4242"),
+                                      "PATH": env["PATH"]}) for rank in range(2)]
+
+    def finish(processes) -> tuple[list[int], str]:
+        logs = [process.communicate(timeout=300)[0] for process in processes]
+        return [process.returncode for process in processes], "\n".join(logs)
+
+    codes, log = finish(start(tmp_path / "clean", pause=False))
+    assert set(codes) == {0}, log[-3000:]
+    root = tmp_path / "preempted"
+    processes = start(root, pause=True)
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), finish(processes)[1][-3000:]
+    os.kill(processes[-1].pid, signal.SIGUSR1)  # the job's process, or rank 1 of the tasks
+    codes, log = finish(processes)
+    assert 0 not in codes and "stopped by signal SIGUSR1" in log, log[-3000:]
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"  # once, by rank 0
+    (saved,) = (root / "stages" / ".resume").glob("teacher-*/fit/preempted.ckpt")
+    assert not list((root / "stages" / "teacher").glob("[!.]*"))  # nothing stored yet
+    codes, log = finish(start(root, pause=True))  # the marker exists: no pause this time
+    assert set(codes) == {0}, log[-3000:]
+    assert f"resuming from {saved}" in log
+    (expected,) = (tmp_path / "clean" / "stages" / "teacher").glob("[!.]*/model/model.safetensors")
+    (got,) = (root / "stages" / "teacher").glob("[!.]*/model/model.safetensors")
+    expected, got = load_file(expected), load_file(got)
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) < 1e-6

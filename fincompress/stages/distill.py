@@ -22,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fincompress import distributed
 from fincompress.artifacts import read_checkpoint_info, save_model_folder, write_checkpoint_info
 from fincompress.data.augment import WordNeighbourAugmenter
 from fincompress.data.batching import TokenizedDataset, length_grouped_loader
@@ -109,6 +110,8 @@ def run_distill(cfg: DictConfig) -> dict:
         fresh_dir = ensure_fresh_baseline(cfg, teacher_dir)
         timings["fresh_baseline_s"] = round(time.perf_counter() - clock, 1)
 
+    if distributed.leave():  # a rank above 0 of an external launcher: its fits are done
+        return {"metrics": {}}
     split_file = output_dir / "stage2" / "split" / "test.csv"
     student_dir = output_dir / "student"
     info = save_model_folder(model, tokenizer, student_dir, {
@@ -327,7 +330,7 @@ def ensure_stage1(cfg: DictConfig, teacher_dir: Path, split) -> Path:
         })
 
     folder, reused = ensure_stage(cfg.paths.output_root, "stage1",
-                                  stage1_inputs(cfg, pseudo_inputs), build)
+                                  stage1_inputs(cfg, pseudo_inputs), build, collective=True)
     print(f"{'reusing' if reused else 'stored'} stage-1 student {folder / 'model'}")
     return folder
 

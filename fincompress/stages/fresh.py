@@ -43,6 +43,6 @@ def ensure_fresh_baseline(cfg: DictConfig, teacher_dir: Path) -> Path:
             "config": OmegaConf.to_container(cfg, resolve=True)})
 
     folder, reused = ensure_stage(cfg.paths.output_root, "fresh", fresh_inputs(cfg, teacher_dir),
-                                  build)
+                                  build, collective=True)
     print(f"{'reusing' if reused else 'stored'} fresh baseline {folder / 'model'}")
     return folder / "model"

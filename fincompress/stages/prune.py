@@ -89,7 +89,8 @@ def run_prune(cfg: DictConfig) -> dict:
                 "best_val_f1_macro": best_val, "labels": labels, "machine": machine,
                 "prune": OmegaConf.to_container(cfg.prune, resolve=True)})
 
-        folder, reused = ensure_stage(cfg.paths.output_root, "prune", inputs, build)
+        folder, reused = ensure_stage(cfg.paths.output_root, "prune", inputs, build,
+                                      collective=True)
         print(f"{'reusing' if reused else 'stored'} pruning round {round_number}: {folder / 'model'}")
         previous = folder / "model"
         rounds.append(previous)

@@ -81,7 +81,8 @@ def run_qat(cfg: DictConfig) -> dict:
                                                   "machine": machine})
 
     folder, reused = ensure_stage(cfg.paths.output_root, "qat",
-                                  qat_inputs(cfg, source_dir, teacher_dir), build)
+                                  qat_inputs(cfg, source_dir, teacher_dir), build,
+                                  collective=True)
     artifact = folder / "model"
     print(f"{'reusing' if reused else 'stored'} QAT artifact {artifact}")
     ptq = export_int8(cfg, "openvino", source_dir, calibration, machine)

@@ -51,7 +51,8 @@ def ensure_teacher(cfg: DictConfig) -> Path:
         return folder
     folder, reused = ensure_stage(cfg.paths.output_root, "teacher", teacher_inputs(cfg),
                                   lambda staging: train_teacher(stage_config(
-                                      cfg, staging, max_epochs=cfg.teacher.max_epochs)))
+                                      cfg, staging, max_epochs=cfg.teacher.max_epochs)),
+                                  collective=True)
     print(f"{'reusing' if reused else 'stored'} teacher {folder / 'model'}")
     return folder / "model"
 
