@@ -276,3 +276,28 @@ def test_ddp_ranks_started_as_slurm_tasks_train_what_one_process_trains(tmp_path
         assert len(list((root / "stages" / stage).iterdir())) == 1, stage
     assert not list((root / "stages").glob("*/.*scratch"))
     assert not list((root / "stages" / ".resume").glob("*/*/checkpoints/*.ckpt"))
+
+
+def test_a_launcher_that_started_other_than_num_nodes_times_devices_processes_is_refused(
+        tmp_path, monkeypatch):
+    """Three SLURM tasks for a 1 x 2 DDP job: an error naming both counts, before any process
+    group opens; without a launcher, or without trainer=ddp, the job runs as one process."""
+    import torch.distributed as dist
+
+    from fincompress import distributed
+    from fincompress.errors import InputError
+
+    from .conftest import compose_config
+
+    ddp = compose_config(["+experiment=pkd", "trainer=ddp", "trainer.devices=2"], tmp_path)
+    single = compose_config(["+experiment=pkd"], tmp_path)
+    assert distributed.join(ddp) == 0 and not dist.is_initialized()  # no launcher here
+    env = slurm_task_env(1, 3, free_port(), "77")
+    env["SLURM_NTASKS_PER_NODE"] = "3"
+    for name, value in env.items():
+        if name.startswith("SLURM_"):
+            monkeypatch.setenv(name, value)
+    assert distributed.launcher_environment(single) is None  # not a DDP job: label workers
+    with pytest.raises(InputError, match=r"started 3 processes.*num_nodes=1 x trainer.devices=2"):
+        distributed.join(ddp)
+    assert not dist.is_initialized()
