@@ -301,3 +301,25 @@ def test_a_launcher_that_started_other_than_num_nodes_times_devices_processes_is
     with pytest.raises(InputError, match=r"started 3 processes.*num_nodes=1 x trainer.devices=2"):
         distributed.join(ddp)
     assert not dist.is_initialized()
+
+
+@pytest.mark.slow(budget_s=300)
+def test_the_labelling_engines_script_labels_the_same_sentences_with_each_engine(
+        tmp_path, tiny_classifier, data_dir):
+    """scripts/label_engines.py runs every engine on real news sentences with a tiny teacher:
+    each labels every sentence as the single process does, and the table has their times."""
+    out = tmp_path / "engines"
+    done = subprocess.run([sys.executable, "scripts/label_engines.py", "--teacher",
+                           str(tiny_classifier), "--sentences", "120", "--shard-size", "50",
+                           "--repeats", "1", "--output", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "FINCOMPRESS_DATA": str(DATA_DIR)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((out / "engines.json").read_text())["rows"]
+    assert [row["engine"] for row in rows] == [
+        "one process", "store shards, 2 processes", "datasets.map, num_proc=2",
+        "Lightning predict, DDP 2 processes"]
+    for row in rows:
+        # the same labels up to rounding (batches of other sentences pad otherwise)
+        assert row["agreement with one process"] >= 0.95 and row["sentences/s"] > 0
+    assert json.loads((out / "engines.json").read_text())["sentences"] == 120
