@@ -42,7 +42,7 @@ LABELS = ["negative", "neutral", "positive"]
 
 def load(teacher: str, threads: int):
     from fincompress.hardware import resolve_precision
-    from fincompress.predict import load_predictor
+    from fincompress.predict import load as load_predictor
 
     torch.set_num_threads(threads)
     return load_predictor(teacher, LABELS, resolve_precision("auto")[0], threads=threads)
@@ -72,7 +72,7 @@ def store_shards(teacher: str, sentences: list[str], args) -> np.ndarray:
 
     root = tempfile.mkdtemp(prefix="label_engines_")
     try:
-        context = multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("fork")  # as datasets.map and Lightning here
         workers = [context.Process(target=shard_worker, args=(
             teacher, sentences, root, args.shard_size, args.batch_size, args.max_length))
             for _ in range(2)]
@@ -133,18 +133,22 @@ def lightning_predict(teacher: str, sentences: list[str], args) -> np.ndarray:
             return indices, logits
 
     with tempfile.TemporaryDirectory() as out:
-        class Writer(L.Callback):
+        class Writer(L.Callback):  # forked ranks cannot return predictions: each saves its own
+            def __init__(self):
+                self.rows = []
+
+            def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_index):
+                self.rows.extend(zip(*outputs))
+
             def on_predict_epoch_end(self, trainer, pl_module):
-                rows = [(i, row) for indices, logits in trainer.predict_loop.predictions
-                        for i, row in zip(indices, logits)]
-                torch.save(rows, Path(out) / f"rank{trainer.global_rank}.pt")
+                torch.save(self.rows, Path(out) / f"rank{trainer.global_rank}.pt")
 
         loader = torch.utils.data.DataLoader(torch.arange(len(sentences)),
                                              batch_size=args.shard_size)
         trainer = L.Trainer(accelerator="cpu", devices=2,
                             strategy=DDPStrategy(start_method="fork"), logger=False,
                             enable_progress_bar=False, callbacks=[Writer()])
-        trainer.predict(Module(), loader, return_predictions=True)
+        trainer.predict(Module(), loader, return_predictions=False)
         logits = np.zeros((len(sentences), len(LABELS)), dtype=np.float32)
         for part in Path(out).glob("rank*.pt"):
             for i, row in torch.load(part, weights_only=False):
@@ -194,8 +198,8 @@ def main() -> None:
                   f"{agreement[name]:.4f}", flush=True)
     from fincompress.hardware import cpu_info
 
-    rows = [{"engine": name, "best s": round(min(t), 1),
-             "sentences/s": round(len(sentences) / min(t), 1),
+    rows = [{"engine": name, "best s": f"{min(t):.1f}",
+             "sentences/s": f"{len(sentences) / min(t):.1f}",
              "the rounds (s)": ", ".join(f"{x:.1f}" for x in t),
              "agreement with one process": round(agreement[name], 4)} for name, t in times.items()]
     output = Path(args.output)
@@ -204,7 +208,7 @@ def main() -> None:
     (output / "engines.json").write_text(json.dumps(
         {"machine": machine, "sentences": len(sentences), "teacher": args.teacher,
          "settings": vars(args), "rows": rows}, indent=2))
-    table = markdown_table(rows)
+    table = markdown_table(rows, list(rows[0]))
     (output / "engines.md").write_text(f"{machine['cpu']}, {len(sentences)} sentences\n\n{table}\n")
     print(table)
 
