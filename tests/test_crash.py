@@ -18,6 +18,26 @@ from fincompress.training import Preemption
 
 from .conftest import DATA_DIR, NEWS_DIR, ROOT, TINY
 
+
+def news_slice(tmp_path: Path) -> Path:
+    """A folder with 60 real market posts: reading all the news takes 9 s a run."""
+    news = tmp_path / "news"
+    news.mkdir()
+    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:60]
+    (news / "posts.txt").write_text("\n".join(posts) + "\n")
+    return news
+
+
+def recording_scontrol(tmp_path: Path) -> dict:
+    """The environment of a SLURM job (id 4242) whose ``scontrol`` records what it was asked
+    in ``<tmp_path>/scontrol.log``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "SLURM_JOB_ID": "4242"}
+
 COMMAND = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=400",
            "student.model.num_layers=2", "distill.speed_sentences=0", f"paths.data_dir={DATA_DIR}"]
 
@@ -133,10 +153,7 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
     requeue request, a stop; the rerun resumes there and its teacher is the uninterrupted one,
     weight for weight. (The label experiment trains the stored teacher, then labels 20
     sentences: the cheapest run with a stored training stage.)"""
-    news = tmp_path / "news"  # a slice of the real news: reading all of it takes 9 s a run
-    news.mkdir()
-    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:60]
-    (news / "posts.txt").write_text("\n".join(posts) + "\n")
+    news = news_slice(tmp_path)
     settings = [sys.executable, "train.py", "+experiment=label", *TINY, "teacher.max_epochs=3",
                 "data.batch_size=8", f"news.sources=[{news}]", "news.max_sentences=20",
                 f"paths.data_dir={DATA_DIR}"]
@@ -144,12 +161,7 @@ def test_a_preempted_stage_requeues_and_its_rerun_ends_as_an_uninterrupted_run(
                             f"hydra.run.dir={tmp_path / 'clean' / 'run'}"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    bin_dir = tmp_path / "bin"  # a scontrol that records what it was asked
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SLURM_JOB_ID": "4242"}
+    env = recording_scontrol(tmp_path)
     root = tmp_path / "preempted"
     # 48 training sentences in batches of 8: step 8 is the second batch of the second epoch
     preempted = [*settings, f"paths.output_root={root}", f"hydra.run.dir={root / 'run'}",
@@ -215,16 +227,8 @@ def test_a_preempted_ddp_fit_stops_every_rank_and_its_rerun_ends_as_an_uninterru
 
     from .test_cluster import DDP_STUDENT, free_port, slurm_task_env
 
-    news = tmp_path / "news"
-    news.mkdir()
-    posts = (NEWS_DIR / "stock_tweets" / "stock_tweets_a.txt").read_text().splitlines()[:60]
-    (news / "posts.txt").write_text("\n".join(posts) + "\n")
-    bin_dir = tmp_path / "bin"  # a scontrol that records what it was asked
-    bin_dir.mkdir()
-    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
-    (bin_dir / "scontrol").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SLURM_JOB_ID": "4242"}
+    news = news_slice(tmp_path)
+    env = recording_scontrol(tmp_path)
     marker = tmp_path / "paused"
 
     def start(root: Path, pause: bool) -> list[subprocess.Popen]:
