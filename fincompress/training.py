@@ -89,10 +89,13 @@ class Preemption(L.Callback):
         """The signal received, by any DDP rank: every rank stops at the same batch, whichever
         the signal reached first (SLURM signals each task; a forked rank gets it from the job's
         process, :func:`forward_signals`)."""
-        if trainer.world_size > 1:
-            signum = torch.tensor(float(self.received or 0))
-            self.received = int(trainer.strategy.reduce(signum, reduce_op="max").item()) or None
-        return self.received
+        if trainer.world_size == 1:
+            return self.received
+        signum = torch.tensor(float(self.received or 0))
+        agreed = int(trainer.strategy.reduce(signum, reduce_op="max").item())
+        if agreed:  # a signal that arrived during the reduction itself stays for the next batch
+            self.received = agreed
+        return agreed or None
 
     def stop(self, trainer, position: dict) -> None:
         """Save the checkpoint (``position``: the batches of this epoch already trained), ask
