@@ -107,3 +107,36 @@ def test_other_work_beside_a_timing_is_measured():
         spinner.kill()
         spinner.wait()
     assert share >= 0.8 / os.cpu_count()  # one busy core of them all, less scheduling noise
+
+
+FREE_AND_ALLOCATE = """
+import resource, sys
+from fincompress.hardware import keep_freed_memory
+applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+def churn():  # a batch's activations: blocks of changing size, alive together, then freed
+    for sizes in ([4, 9, 2, 13], [6, 11, 3, 15], [5, 8, 12, 7]) * 2:
+        blocks = [b"x" * (size << 20) for size in sizes]  # written: touches every page
+        del blocks
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_memory_is_reused_instead_of_faulted_in_again():
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+
+    def faults(mode: str, extra: dict | None = None) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", FREE_AND_ALLOCATE, mode],
+                             env={**env, **(extra or {})}, capture_output=True, text=True,
+                             check=True).stdout.split()
+        return out[0], int(out[1])
+
+    default, kept = faults("default"), faults("keep")
+    assert kept[0] == "True"
+    # each 4-15 MiB block faults its pages in again by default: thousands of faults per block
+    assert default[1] > 20_000 and kept[1] < default[1] / 20, (default, kept)
+    # a user's own allocator settings win: nothing is changed
+    assert faults("keep", {"MALLOC_ARENA_MAX": "2"})[0] == "False"
