@@ -100,7 +100,7 @@ def keep_freed_memory() -> bool:
     32 MiB mmap threshold (glibc's largest), a 1 GiB trim threshold and 256 MiB of top padding,
     60 steps of a MiniLM-L6-sized model in fp32 (PyTorch limited to AVX2) took 45.5-50.3 s
     instead of 50.2-61.7 s, with 25-57,000 page faults instead of 1.4-2.1 million
-    (``scripts/malloc_probe.py``). A process may grow by up to the padding plus what it frees.
+    (``scripts/training_speed_probe.py``). A process may grow by up to the padding plus what it frees.
 
     Called once by the training entry point. Nothing happens (returns False) off glibc, or when
     any ``MALLOC_*`` variable is set, so that a user's own allocator settings win. Under

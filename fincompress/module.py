@@ -16,6 +16,7 @@ import torch
 from fincompress.distill.kd import CrossEntropyLoss
 from fincompress.distill.loss import DistillationLoss
 from fincompress.metrics import classification_metrics, scalar_metrics
+from fincompress.optim import fused_where_possible
 
 
 class ClassifierModule(L.LightningModule):
@@ -103,10 +104,34 @@ class ClassifierModule(L.LightningModule):
         }
         self.test_metrics.reset()
 
+    def grad_scaler(self):
+        """The fp16 gradient scaler of the trainer's precision, if any (None off a trainer)."""
+        try:
+            return getattr(self.trainer.precision_plugin, "scaler", None)
+        except RuntimeError:  # not attached to a trainer
+            return None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if not gradient_clip_val or not optimizer.defaults.get("fused"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val,
+                                                       gradient_clip_algorithm)
+        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because one
+        # fed by an fp16 GradScaler unscales inside its step. Fused steps are only chosen where
+        # no scaler is (bf16, fp32): the gradients here are the true ones, clipped as Lightning
+        # clips them
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val)
+
     def configure_optimizers(self):
         # the loss may own parameters too (PKD/TinyBERT projections)
         parameters = [*self.model.parameters(), *self.loss.parameters()]
-        optimizer = self.optimizer_factory(parameters)
+        factory = self.optimizer_factory
+        # an fp16 GradScaler needs the unfused step (Lightning cannot clip before a fused one)
+        optimizer = factory(parameters, **({} if self.grad_scaler() else fused_where_possible(factory)))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, self.trainer.estimated_stepping_batches)

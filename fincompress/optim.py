@@ -1,7 +1,11 @@
-"""Learning-rate schedules built from config (``_partial_: true``; the trainer supplies steps)."""
+"""Learning-rate schedules built from config (``_partial_: true``; the trainer supplies steps),
+and the optimizer options every training stage gets."""
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -18,3 +22,19 @@ def linear_warmup_decay(optimizer: Optimizer, total_steps: int, warmup_fraction:
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
+
+
+def fused_where_possible(factory) -> dict:
+    """``{"fused": True}`` for an Adam or AdamW factory (a ``functools.partial`` from config)
+    that names neither ``fused`` nor ``foreach``, else ``{}``.
+
+    The fused kernel applies the same update as PyTorch's default per-parameter loop, in one
+    pass: on a 2-core Xeon limited to AVX2, a step over a 3-layer MiniLM student's 17.4M
+    parameters took 12 ms instead of 70-86 ms, about a quarter of a training step
+    (``scripts/training_speed_probe.py``). A config that sets ``fused`` or ``foreach``
+    keeps its choice.
+    """
+    if (isinstance(factory, functools.partial) and factory.func in (torch.optim.Adam, torch.optim.AdamW)
+            and not {"fused", "foreach"} & set(factory.keywords)):
+        return {"fused": True}
+    return {}

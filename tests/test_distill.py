@@ -470,3 +470,27 @@ def test_an_outside_teacher_is_flagged_as_possibly_trained_on_the_test_split(tin
     assert "WARNING: the teacher" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["teacher_split_unknown"] is True
+
+
+@pytest.mark.parametrize("overrides, fused", [([], True),
+                                               (["+distill.stage2.optimizer.fused=false"], False),
+                                               (["+distill.stage2.optimizer.foreach=true"], None)])
+def test_every_stage_steps_adamw_fused_unless_its_config_chooses(overrides, fused, tmp_path):
+    """The configured AdamW, as a training stage builds it: the fused kernel by default (the same
+    update, several times faster on a CPU), a config's own fused or foreach choice kept."""
+    cfg = compose_config(["+experiment=kd", *DISTILL_TINY, *overrides], tmp_path)
+    student, _ = encoder_from_config("bundled:minilm-l6", LABELS, num_hidden_layers=1,
+                                     hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    module = ClassifierModule(student, LABELS, instantiate(cfg.distill.stage2.optimizer))
+    optimizer = module.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["fused"] is fused
+    before = [p.detach().clone() for p in student.parameters()]
+    student(input_ids=torch.tensor([[101, 2000, 102]]), labels=torch.tensor([1])).loss.backward()
+    if fused:  # Lightning's mixed-precision plugin refuses to clip for it; the module clips
+        module.configure_gradient_clipping(optimizer, 1e-3, "norm")
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in student.parameters()
+                                                     if p.grad is not None]))
+        assert norm <= 1e-3 * 1.001
+    optimizer.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))
