@@ -250,3 +250,54 @@ def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
     assert frontier.student_overrides("minilm_l1") == [
         "student=minilm_l2", "student.model.num_layers=1", "student.name=minilm_l1"]
     assert frontier.student_overrides("tiny") == ["student=tiny"]
+
+
+def load_frontier_script():
+    spec = importlib.util.spec_from_file_location("frontier", ROOT / "scripts" / "frontier.py")
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    return frontier
+
+
+def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
+    """Each INT8 student meets the targets or not against the baseline of its own size: the
+    pruned one against the same heads and neurons fine-tuned, not against the unpruned baseline."""
+    frontier = load_frontier_script()
+    assert frontier.prune_shares("0.67,0.75") == (0.67, 0.75)
+    with pytest.raises(Exception, match="give two shares, HEADS,FFN"):
+        frontier.prune_shares("0.5")
+
+    def seed_run(seed, kd, fresh, pruned, pruned_fresh):
+        return {"distill": {"student_dir": f"kd{seed}", "student": {"f1_macro": kd},
+                            "fresh": {"dir": f"fresh{seed}", "f1_macro": fresh}},
+                "student_int8": (f"kd_int8_{seed}", kd), "fresh_int8": (f"fresh_int8_{seed}", fresh),
+                "pruned": {"dir": f"pruned{seed}", "f1_macro": pruned, "heads": 8,
+                           "ffn_neurons": 768},
+                "pruned_fresh": {"dir": f"small{seed}", "f1_macro": pruned_fresh,
+                                 "student": "minilm_l2_h4_f384"},
+                "pruned_int8": (f"pruned_int8_{seed}", pruned),
+                "pruned_fresh_int8": (f"small_int8_{seed}", pruned_fresh)}
+
+    runs = {"minilm_l2": {42: seed_run(42, 0.94, 0.88, 0.93, 0.80),
+                          43: seed_run(43, 0.92, 0.90, 0.91, 0.82)}}
+    teacher = {"model": "teacher", "dir": "t", "f1_macro": 0.94, "precision": "f32",
+               "throughput_sorted": 40.0, "reference_of": "teacher"}
+    bench = [teacher, {**teacher, "model": "teacher (int8)", "precision": "i8",
+                       "throughput_sorted": 200.0},
+             *({"model": name, "dir": name, "throughput_sorted": speed} for name, speed in
+               (("kd_int8_42", 2000.0), ("fresh_int8_42", 2000.0), ("pruned_int8_42", 4400.0),
+                ("small_int8_42", 4400.0)))]
+    rows = frontier.summary(runs, [], bench, [42, 43])
+    names = [row["model"] for row in rows]
+    assert "minilm_l2 KD pruned (8 heads, 768 FFN), INT8" in names
+    assert "minilm_l2_h4_f384 fine-tuned (converged), INT8" in names
+    lines = frontier.checks(rows, "minilm_l2")
+    pruned = [line for line in lines if line.startswith("minilm_l2 KD pruned")]
+    assert "110.0x (met: at least 100x)" in pruned[0] and "22.0x (met" in pruned[1]
+    assert "2.00 points below the teacher (NOT met: at most 1.0)" in pruned[2]
+    # 0.92 against 0.81: the margin over its own size's baseline, each spread 0.0141
+    assert pruned[3].startswith("minilm_l2 KD pruned (8 heads, 768 FFN) INT8 - minilm_l2_h4_f384 "
+                                "fine-tuned (converged), INT8: +0.1100 against a spread of 0.0283")
+    unpruned = [line for line in lines if line.startswith("minilm_l2 KD INT8")]
+    assert "50.0x (NOT met" in unpruned[0] and "1.00 points below the teacher (met" in unpruned[2]
+    assert "minilm_l2 fine-tuned (converged), INT8: +0.0400" in unpruned[3]
