@@ -313,6 +313,10 @@ def main() -> None:
     overrides = [*SHARED, f"paths.output_root={args.output_root}", *args.overrides]
     started = time.perf_counter()
     students = {name: student_overrides(name) for name in args.students.split(",")}
+    unsized = [name for name in students if not re.fullmatch(r"minilm_l\d+", name)]
+    if args.prune and unsized:  # the same-size baseline is built as minilm_lN_hH_fF
+        parser.error(f"--prune needs minilm_lN students (their same-size baseline is "
+                     f"minilm_lN_hH_fF); got {', '.join(unsized)}")
     seeds = list(range(42, 42 + args.seeds))
     pinned = list(overrides)
     length = p99_length(pinned)
