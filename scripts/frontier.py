@@ -272,6 +272,10 @@ def plot(rows: list[dict], path: Path, caption: str) -> None:
             best = row["f1_macro"]
     axes.plot([r["throughput"] for r in front], [r["f1_macro"] for r in front], "--",
               color="grey", alpha=0.6, label="Pareto front")
+    teacher = next((row for row in timed if row.get("x_teacher_fp32") == 1.0), None)
+    if teacher:  # the speed target
+        axes.axvline(100 * teacher["throughput"], color="red", linestyle=":", alpha=0.6,
+                     label="100x the teacher's fp32")
     axes.set_xscale("log")
     axes.set_xlabel("sentences/s at batch 32 (log scale)")
     axes.set_ylabel("test macro-F1 (mean ± std over seeds)")
