@@ -115,7 +115,8 @@ def prune_student(root: Path, pinned: list[str], student: str, seed: int, distil
                                           *student_overrides(same_size), *PRUNED_FRESH,
                                           f"seed={seed}"], f"{same_size} fine-tuned seed {seed}")
     result = {"pruned": {"dir": final["dir"], "f1_macro": final["f1_macro"],
-                         "heads": final["heads"], "ffn_neurons": final["ffn_neurons"]},
+                         "heads": final["heads"], "ffn_neurons": final["ffn_neurons"],
+                         "robustness": pruned.get("robustness")},
               "pruned_fresh": {"dir": fresh["student_dir"], "f1_macro": fresh["student"]["f1_macro"],
                                "student": same_size}}
     for who in ("pruned", "pruned_fresh"):
@@ -165,14 +166,16 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
             for row in bench if row.get("reference_of") == teacher_fp32["model"]]
     for student, per_seed in runs.items():
         per = list(per_seed.values())
-        families = {  # name: (folder, test macro-F1) per seed, and whose robustness it reports
+        # name: (folder, test macro-F1) per seed, and whose robustness it reports (the run's
+        # part and the model's name there)
+        families = {
             f"{student} KD, INT8": ([r["student_int8"] for r in per], None),
             f"{student} fine-tuned (converged), INT8": ([r["fresh_int8"] for r in per], None),
             f"{student} KD, fp32": ([(r["distill"]["student_dir"], r["distill"]["student"]["f1_macro"])
-                                     for r in per], "student"),
+                                     for r in per], ("distill", "student")),
             f"{student} fine-tuned (converged), fp32": (
                 [(r["distill"]["fresh"]["dir"], r["distill"]["fresh"]["f1_macro"]) for r in per],
-                "fresh"),
+                ("distill", "fresh")),
         }
         if "pruned" in per[0]:
             shape = f"{per[0]['pruned']['heads']} heads, {per[0]['pruned']['ffn_neurons']} FFN"
@@ -181,7 +184,8 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
                 f"{per[0]['pruned_fresh']['student']} fine-tuned (converged), INT8": (
                     [r["pruned_fresh_int8"] for r in per], None),
                 f"{student} KD pruned ({shape}), fp32": (
-                    [(r["pruned"]["dir"], r["pruned"]["f1_macro"]) for r in per], None),
+                    [(r["pruned"]["dir"], r["pruned"]["f1_macro"]) for r in per],
+                    ("pruned", "pruned")),
                 f"{per[0]['pruned_fresh']['student']} fine-tuned (converged), fp32": (
                     [(r["pruned_fresh"]["dir"], r["pruned_fresh"]["f1_macro"]) for r in per], None)})
         for name, (scored, who) in families.items():
@@ -189,9 +193,9 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
             timed = by_dir.get(scored[0][0])
             row = {"model": name, "seeds": len(scored), "f1_macro": mean, "f1_macro_std": std,
                    "throughput": timed["throughput_sorted"] if timed else None}
-            agreement = [r["distill"].get("robustness") or {} for r in per] if who else []
+            agreement = [r[who[0]].get("robustness") or {} for r in per] if who else []
             for group in (agreement[0] if agreement else {}):
-                row[f"agreement_{group}"] = statistics.fmean(a[group][who] for a in agreement)
+                row[f"agreement_{group}"] = statistics.fmean(a[group][who[1]] for a in agreement)
             rows.append(row)
     if statics:
         mean, std = mean_std([s["models"][1]["f1_macro"] for s in statics])

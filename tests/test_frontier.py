@@ -272,7 +272,8 @@ def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
                             "fresh": {"dir": f"fresh{seed}", "f1_macro": fresh}},
                 "student_int8": (f"kd_int8_{seed}", kd), "fresh_int8": (f"fresh_int8_{seed}", fresh),
                 "pruned": {"dir": f"pruned{seed}", "f1_macro": pruned, "heads": 8,
-                           "ffn_neurons": 768},
+                           "ffn_neurons": 768,
+                           "robustness": {"market_posts": {"sentences": 9, "pruned": pruned}}},
                 "pruned_fresh": {"dir": f"small{seed}", "f1_macro": pruned_fresh,
                                  "student": "minilm_l2_h4_f384"},
                 "pruned_int8": (f"pruned_int8_{seed}", pruned),
@@ -291,6 +292,11 @@ def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
     names = [row["model"] for row in rows]
     assert "minilm_l2 KD pruned (8 heads, 768 FFN), INT8" in names
     assert "minilm_l2_h4_f384 fine-tuned (converged), INT8" in names
+    by_name = {row["model"]: row for row in rows}
+    # the pruned student's agreement with the teacher on the hold-out, averaged over seeds
+    assert by_name["minilm_l2 KD pruned (8 heads, 768 FFN), fp32"]["agreement_market_posts"] == (
+        pytest.approx(0.92))
+    assert "agreement_market_posts" not in by_name["minilm_l2 KD, fp32"]  # none recorded
     lines = frontier.checks(rows, "minilm_l2")
     pruned = [line for line in lines if line.startswith("minilm_l2 KD pruned")]
     assert "110.0x (met: at least 100x)" in pruned[0] and "22.0x (met" in pruned[1]

@@ -137,6 +137,10 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monke
     # a stored round keeps its model, not the recovery's Lightning checkpoints
     assert not list((tmp_path / "stages" / "prune").glob("*/checkpoints/*.ckpt"))
     assert (tmp_path / "run" / "results.json").is_file()
+    # the last round's agreement with the (unpruned) teacher on the robustness hold-out
+    holdout = result["robustness"]
+    assert set(holdout) == {"market_posts", "seeking_alpha"}
+    assert all(scores["sentences"] > 0 and 0 <= scores["pruned"] <= 1 for scores in holdout.values())
 
     def no_logits(*_):
         raise AssertionError("the source's logits were computed although every round is stored")

@@ -27,6 +27,7 @@ from fincompress.files import write_json
 from fincompress.models.sources import load_classifier
 from fincompress.predict import load as load_predictor
 from fincompress.scoring import caption, score, with_mib
+from fincompress.stages.distill import robustness
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.store import ensure_stage, folder_fingerprint
 from fincompress.tables import markdown_table
@@ -96,6 +97,11 @@ def run_prune(cfg: DictConfig) -> dict:
         rounds.append(previous)
 
     result = score_rounds(cfg, source_dir, rounds, labels, output_dir, machine)
+    # the last round's label agreement with the teacher on the robustness hold-out, where the
+    # teacher is known without training one: the pruned teacher itself, or teacher_checkpoint
+    teacher_dir = source_dir if cfg.prune.source is None else cfg.get("teacher_checkpoint")
+    if teacher_dir:
+        result["robustness"] = robustness(cfg, Path(teacher_dir), {"pruned": rounds[-1]})
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
     plot_pruning_curve(result, output_dir / "pruning_curve.png")
