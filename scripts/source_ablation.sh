@@ -1,6 +1,7 @@
 #!/bin/bash
 # What each source of the frontier's pseudo-labelled corpus adds on validation: the two-layer
-# frontier student (KD T=2, seed 42) distilled with one source left out at a time, in the
+# frontier student (KD T=2, seed 42) distilled with one source left out at a time, and with the
+# transfer text's augmented variants added (8 word-swapped copies of each sentence), in the
 # frontier's settings (scripts/frontier.py), reusing its stored labels. Usage:
 #   scripts/source_ablation.sh <teacher model folder> [output folder]
 set -euo pipefail
@@ -15,8 +16,9 @@ declare -A variants=(
   [no_market_posts]="news.sources=[$data/reuters21578,$data/seeking_alpha]"
   [no_reuters]="news.sources=[$data/stock_tweets,$data/seeking_alpha]"
   [no_phrasebank_transfer]="distill.pseudo_label.add_phrasebank=null"
+  [with_augmented]="distill.pseudo_label.augment.variants_per_sentence=8"
 )
-for name in no_market_posts no_reuters no_phrasebank_transfer; do
+for name in no_market_posts no_reuters no_phrasebank_transfer with_augmented; do
   if [ -f "$out/$name/results.json" ]; then echo "$name: done earlier"; continue; fi
   echo "$name: ${variants[$name]}"
   python train.py "${common[@]}" "${variants[$name]}" "hydra.run.dir=$out/$name" > "$out/$name.log" 2>&1 \
