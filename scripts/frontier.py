@@ -118,7 +118,7 @@ def prune_student(root: Path, pinned: list[str], student: str, seed: int, distil
                          "heads": final["heads"], "ffn_neurons": final["ffn_neurons"],
                          "robustness": pruned.get("robustness")},
               "pruned_fresh": {"dir": fresh["student_dir"], "f1_macro": fresh["student"]["f1_macro"],
-                               "student": same_size}}
+                               "student": same_size, "robustness": fresh.get("robustness")}}
     for who in ("pruned", "pruned_fresh"):
         quantized = train(root / f"{who}_int8", [*pinned, "+experiment=ptq",
                                                  f"quantize.source={result[who]['dir']}",
@@ -187,7 +187,8 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
                     [(r["pruned"]["dir"], r["pruned"]["f1_macro"]) for r in per],
                     ("pruned", "pruned")),
                 f"{per[0]['pruned_fresh']['student']} fine-tuned (converged), fp32": (
-                    [(r["pruned_fresh"]["dir"], r["pruned_fresh"]["f1_macro"]) for r in per], None)})
+                    [(r["pruned_fresh"]["dir"], r["pruned_fresh"]["f1_macro"]) for r in per],
+                    ("pruned_fresh", "student"))})
         for name, (scored, who) in families.items():
             mean, std = mean_std([f1 for _, f1 in scored])
             timed = by_dir.get(scored[0][0])

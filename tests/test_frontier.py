@@ -275,7 +275,8 @@ def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
                            "ffn_neurons": 768,
                            "robustness": {"market_posts": {"sentences": 9, "pruned": pruned}}},
                 "pruned_fresh": {"dir": f"small{seed}", "f1_macro": pruned_fresh,
-                                 "student": "minilm_l2_h4_f384"},
+                                 "student": "minilm_l2_h4_f384",
+                                 "robustness": {"market_posts": {"student": pruned_fresh}}},
                 "pruned_int8": (f"pruned_int8_{seed}", pruned),
                 "pruned_fresh_int8": (f"small_int8_{seed}", pruned_fresh)}
 
@@ -296,6 +297,8 @@ def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
     # the pruned student's agreement with the teacher on the hold-out, averaged over seeds
     assert by_name["minilm_l2 KD pruned (8 heads, 768 FFN), fp32"]["agreement_market_posts"] == (
         pytest.approx(0.92))
+    assert by_name["minilm_l2_h4_f384 fine-tuned (converged), fp32"]["agreement_market_posts"] == (
+        pytest.approx(0.81))
     assert "agreement_market_posts" not in by_name["minilm_l2 KD, fp32"]  # none recorded
     lines = frontier.checks(rows, "minilm_l2")
     pruned = [line for line in lines if line.startswith("minilm_l2 KD pruned")]
