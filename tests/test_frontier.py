@@ -236,10 +236,15 @@ def test_fincompress_load_opens_a_static_classifier(static_pipeline):
     assert answers[2]["truncated"] and answers[2]["tokens"] == 128
 
 
-def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
+def load_frontier_script():
     spec = importlib.util.spec_from_file_location("frontier", ROOT / "scripts" / "frontier.py")
     frontier = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(frontier)
+    return frontier
+
+
+def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
+    frontier = load_frontier_script()
     cfg = compose_config([*frontier.student_overrides("minilm_l2_h4_f512"), "+experiment=kd"], tmp_path)
     assert cfg.student.name == "minilm_l2_h4_f512"
     model, _ = instantiate(cfg.student.model)
@@ -250,13 +255,6 @@ def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
     assert frontier.student_overrides("minilm_l1") == [
         "student=minilm_l2", "student.model.num_layers=1", "student.name=minilm_l1"]
     assert frontier.student_overrides("tiny") == ["student=tiny"]
-
-
-def load_frontier_script():
-    spec = importlib.util.spec_from_file_location("frontier", ROOT / "scripts" / "frontier.py")
-    frontier = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(frontier)
-    return frontier
 
 
 def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
