@@ -81,5 +81,5 @@ def mark_failed(cfg: DictConfig, error: BaseException) -> None:
 
 
 if __name__ == "__main__":
-    keep_freed_memory()  # varying batch shapes otherwise cost 15-19% system time in training
+    keep_freed_memory()  # varying batch shapes otherwise fault freed memory in again, each step
     main()

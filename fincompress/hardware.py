@@ -96,11 +96,12 @@ def keep_freed_memory() -> bool:
 
     Training batches of varying length allocate tensors of changing sizes. By default glibc
     returns such blocks to the kernel (``munmap``, heap trimming) and faults fresh zeroed pages
-    in for the next batch: on 2 cores that was 15-19% system time while training. With a
-    32 MiB mmap threshold (glibc's largest), a 1 GiB trim threshold and 256 MiB of top padding,
-    60 steps of a MiniLM-L6-sized model in fp32 (PyTorch limited to AVX2) took 45.5-50.3 s
-    instead of 50.2-61.7 s, with 25-57,000 page faults instead of 1.4-2.1 million
-    (``scripts/training_speed_probe.py``). A process may grow by up to the padding plus what it frees.
+    in for the next batch. With a 32 MiB mmap threshold (glibc's largest), a 1 GiB trim
+    threshold and 256 MiB of top padding, 60 fp32 steps of a 3-layer MiniLM-wide model on a
+    2-core Xeon limited to AVX2 took 27.4-30.9 s instead of 31.4-35.2 s, with 0.5-0.9 s of
+    system time instead of 3.5-4.3 s and 147-281 thousand page faults instead of 1.5-1.7
+    million (``scripts/training_speed_probe.py --rounds 3``). A process may grow by up to the
+    padding plus what it frees.
 
     Called once by the training entry point. Nothing happens (returns False) off glibc, or when
     any ``MALLOC_*`` variable is set, so that a user's own allocator settings win. Under
