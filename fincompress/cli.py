@@ -496,7 +496,8 @@ def bench(args) -> None:
     output = Path(args.output)
     overrides = ["+experiment=benchmark", artifacts_override(names),
                  f"paths.run_dir={output.resolve()}", f"benchmark.repeats={args.repeats}",
-                 f"benchmark.latency_sentences={args.latency_sentences}"]
+                 f"benchmark.latency_sentences={args.latency_sentences}",
+                 f"benchmark.min_round_s={args.min_round_s}"]
     if not args.published:
         overrides.append("benchmark.published=[]")
     run_benchmark(compose_config(overrides))
@@ -639,6 +640,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs/bench")
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--latency-sentences", type=positive_int, default=200)
+    p.add_argument("--min-round-s", type=float, default=1.0,
+                   help="seconds each model's passes run per round (0: one pass)")
     p.add_argument("--published", action="store_true",
                    help="also time the published architectures (ALBERT-base, FinBERT)")
     p.set_defaults(run=bench)

@@ -91,6 +91,7 @@ RANGES = {
     "benchmark.latency_sentences": NOT_NEGATIVE,
     "benchmark.warmup": NOT_NEGATIVE,
     "benchmark.repeats": AT_LEAST_ONE,
+    "benchmark.min_round_s": NOT_NEGATIVE,
     "trainer.max_epochs": AT_LEAST_ONE,
     "trainer.gradient_clip_val": (0, math.inf, True, True),
 }

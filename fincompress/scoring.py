@@ -9,7 +9,10 @@ interleaved, so that drift falls on all alike. For each artifact, one row:
   the confusion matrix and each sentence's label;
 - batch-32 throughput over the whole split, with length-sorted batches (and, when asked, with
   batches in input order), both padded to their own longest sentence; the best of ``repeats``
-  interleaved rounds counts;
+  interleaved rounds counts. In a round each model runs its pass again until ``min_round_s``
+  have passed, and the round counts its mean pass: a small student's pass takes under 0.1 s,
+  and one pass that short moved a two-layer student's rate by a quarter between two runs of
+  the same benchmark, while the teacher's 8-second pass held within 2%;
 - batch-1 latency, median and p95, over the split's first ``latency_sentences`` sentences
   after a warm-up: model only (tokenized beforehand) and end to end (tokenization included);
 - its achieved rate in GFLOP/s (encoder FLOPs from the model's shape and the real padded token
@@ -123,14 +126,15 @@ def parameter_count(folder: Path, predictor: Predictor) -> int:
 def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | None = None,
           precision: str = "32-true", repeats: int = 3, latency_sentences: int = 0,
           warmup: int = 10, unsorted: bool = False, peaks: dict[str, float] | None = None,
-          score_batch_size: int = 32) -> dict:
+          score_batch_size: int = 32, min_round_s: float = 0.0) -> dict:
     """Score and time ``artifacts`` (name -> folder, or name -> ``(folder, torch precision)``;
     a bare folder runs PyTorch models in ``precision``, fp32 by default: what INT8 is measured
     against) on ``split_file``. The first artifact is the reference for KL, agreement and
     ratios. ``latency_sentences`` 0 skips batch-1 timing; ``unsorted`` adds input-order
-    batches; ``score_batch_size`` is the batch of the scoring pass (timing is at batch 32).
+    batches; ``score_batch_size`` is the batch of the scoring pass (timing is at batch 32);
+    ``min_round_s`` is how long each model's batch-32 passes run in each round (0: one pass).
 
-    Returns ``{"machine", "split", "split_size", "repeats", "models": rows}``.
+    Returns ``{"machine", "split", "split_size", "repeats", "min_round_s", "models": rows}``.
     """
     runs = {name: (Path(v[0]), v[1]) if isinstance(v, tuple | list) else (Path(v), precision)
             for name, v in artifacts.items()}
@@ -147,6 +151,7 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
     e2e_ms = {name: [] for name in predictors}
     sorted_s = {name: [] for name in predictors}
     unsorted_s = {name: [] for name in predictors}
+    passes = {name: 0 for name in predictors}
     for p in predictors.values():  # warm-up of the batch-1 path (the scoring pass warmed batches)
         for i in singles[:warmup]:
             p.logits([texts[i]], batch_size=1)
@@ -162,9 +167,11 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
                 e2e_ms[name].append(1000 * (time.perf_counter() - clock))
         for name, p in predictors.items():
             for sort, seconds in ((True, sorted_s), *(((False, unsorted_s),) if unsorted else ())):
-                clock = time.perf_counter()
-                p.logits_ids(encoded[name], 32, sort=sort)
-                seconds[name].append(time.perf_counter() - clock)
+                mean_s, count = mean_pass_seconds(
+                    lambda p=p, ids=encoded[name], sort=sort: p.logits_ids(ids, 32, sort=sort),
+                    min_round_s)
+                seconds[name].append(mean_s)
+                passes[name] += count if sort else 0
     other_work = other_work_share(busy_before, own_before, wall_before)
     if other_work is not None and other_work > OTHER_WORK_WARNING:
         print(f"warning: other processes used {other_work:.0%} of the CPUs while timing; the "
@@ -195,6 +202,7 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
             "throughput_sorted": round(len(texts) / min(sorted_s[name]), 1),
             # how much slower the slowest repeat was than the best one, in %
             "throughput_spread_pct": round(100 * (max(sorted_s[name]) / min(sorted_s[name]) - 1), 1),
+            "timing_passes": passes[name],
             "throughput_unsorted": (round(len(texts) / min(unsorted_s[name]), 1)
                                     if unsorted_s[name] else None),
             "achieved_gflops": None if gflops is None else round(gflops, 1),
@@ -212,7 +220,21 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
         row["throughput_ratio"] = round(row["throughput_sorted"] / first["throughput_sorted"], 2)
         row["f1_macro_delta"] = round(row["f1_macro"] - first["f1_macro"], 4)
     return {"machine": machine, "split": Path(split_file).stem, "split_size": len(texts),
-            "repeats": repeats, "other_work_share": other_work, "models": rows}
+            "repeats": repeats, "min_round_s": min_round_s, "other_work_share": other_work,
+            "models": rows}
+
+
+def mean_pass_seconds(run_pass, min_seconds: float) -> tuple[float, int]:
+    """Run ``run_pass`` until ``min_seconds`` have passed (at least once); return the mean
+    seconds per pass and the number of passes."""
+    count = 0
+    clock = time.perf_counter()
+    while True:
+        run_pass()
+        count += 1
+        elapsed = time.perf_counter() - clock
+        if elapsed >= min_seconds:
+            return elapsed / count, count
 
 
 def other_work_share(busy_before: float | None, own_before: float, wall_before: float) -> float | None:
@@ -265,5 +287,7 @@ def caption(result: dict) -> str:
     machine = result.get("machine") or {}
     isa = ",".join(machine.get("isa") or [])
     return (f"PhraseBank {result['split']} split ({result['split_size']} sentences), agreement "
-            f"with the first row; best of {result['repeats']} interleaved rounds; "
+            f"with the first row; best of {result['repeats']} interleaved rounds"
+            + (f" of at least {result['min_round_s']:g} s per model" if result.get("min_round_s") else "")
+            + "; "
             f"{machine.get('cpu', '?')}, {machine.get('torch_threads', '?')} threads, ISA {isa}")

@@ -14,7 +14,8 @@ from fincompress.compress.prune import prune_ffn, prune_heads
 from fincompress.data.phrasebank import write_splits
 from fincompress.hardware import machine_record
 from fincompress.models.sources import load_classifier
-from fincompress.scoring import encoder_flops, peak_rates, score
+from fincompress import scoring
+from fincompress.scoring import encoder_flops, mean_pass_seconds, peak_rates, score
 from fincompress.stages.benchmark import write_outputs
 from fincompress.tables import f1_axis, pareto_front
 
@@ -80,12 +81,24 @@ def artifacts(tmp_path_factory, data_dir):
     return folder
 
 
+def test_a_round_repeats_a_short_pass_until_its_time_is_up_and_counts_the_mean(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(scoring.time, "perf_counter", lambda: now[0])
+
+    def run_pass(seconds):
+        now[0] += seconds
+
+    assert mean_pass_seconds(lambda: run_pass(0.3), 1.0) == (pytest.approx(0.3), 4)
+    assert mean_pass_seconds(lambda: run_pass(0.3), 0.0) == (pytest.approx(0.3), 1)
+    assert mean_pass_seconds(lambda: run_pass(2.5), 1.0) == (pytest.approx(2.5), 1)
+
+
 def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path):
     peaks = {"f32": 50.0, "i8": 100.0}
     rows = score({"teacher": (artifacts / "torch", "32-true"),
                   "int8": (artifacts / "int8", "32-true")}, LABELS,
                  artifacts / "split" / "test.csv", latency_sentences=6, repeats=2, warmup=2,
-                 unsorted=True, peaks=peaks)["models"]
+                 unsorted=True, peaks=peaks, min_round_s=0.2)["models"]
     teacher, int8 = rows
     assert (teacher["engine"], teacher["precision"]) == ("torch", "f32")
     assert (int8["engine"], int8["precision"]) == ("openvino", "i8")
@@ -98,6 +111,8 @@ def test_benchmark_measures_every_artifact_against_the_first(artifacts, tmp_path
         assert row["peak_share"] == pytest.approx(row["achieved_gflops"] / peaks[row["precision"]],
                                                   abs=2e-3)
         assert {"acc", "f1_macro", "f1_negative", "kl_teacher_student"} <= set(row)
+    # a tiny model's pass takes milliseconds: each round repeats it until 0.2 s have passed
+    assert teacher["timing_passes"] > 2 * 5 and int8["timing_passes"] > 2 * 5
     assert (teacher["throughput_ratio"], teacher["size_ratio"], teacher["f1_macro_delta"]) == (1, 1, 0)
     assert teacher["agreement_with_teacher"] == 1
     assert int8["size_ratio"] == round(teacher["size_bytes"] / int8["size_bytes"], 2)

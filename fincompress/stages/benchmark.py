@@ -52,7 +52,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
     peaks = peak_rates()
     scored = score(runs, list(cfg.data.labels), output_dir / "split" / "test.csv", machine,
                    repeats=settings.repeats, latency_sentences=settings.latency_sentences,
-                   warmup=settings.warmup, unsorted=True, peaks=peaks)
+                   warmup=settings.warmup, unsorted=True, peaks=peaks,
+                   min_round_s=settings.min_round_s)
     rows = scored["models"]
     machine = {**machine, "other_work_share": scored["other_work_share"]}
     for row in rows:
@@ -67,6 +68,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
                        **{key: None for key in row if key.startswith("f1_") and
                           key not in ("f1_macro", "f1_macro_delta")})
     add_speedups(rows)
+    machine["min_round_s"] = scored["min_round_s"]
     markdown = write_outputs(rows, machine, peaks, output_dir)
     save_confusion_matrices({row["model"]: row["confusion_matrix"] for row in rows
                              if not row["published"]}, list(cfg.data.labels),
@@ -160,7 +162,10 @@ def write_outputs(rows: list[dict], machine: dict, peaks: dict, folder: Path) ->
     peak_text = ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
     busy = machine.get("other_work_share")
     markdown = (f"Machine: {machine['cpu']}, {machine['torch_threads']} threads, ISA {isa}; "
-                f"matmul peak: {peak_text}. Throughput: the best of the interleaved repeats; "
+                f"matmul peak: {peak_text}. Throughput: the best of the interleaved repeats"
+                + (f", each model's passes repeated for at least {machine['min_round_s']:g} s per "
+                   "round" if machine.get("min_round_s") else "")
+                + "; "
                 "spread: how much slower the slowest repeat was"
                 + (f"; other processes used {busy:.0%} of the CPUs while timing" if busy else "")
                 + ".\n\n"
