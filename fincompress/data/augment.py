@@ -53,18 +53,35 @@ class WordNeighbourAugmenter:
     def neighbours_of(self, word: str) -> list[str]:
         """The word's nearest other words in the embedding space, closest first; empty for a
         word that is not one word piece."""
-        key = word.lower()
-        if key not in self._cache:
-            ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-            found = []
+        self.find_neighbours([word])
+        return self._cache[word.lower()]
+
+    def find_neighbours(self, words: list[str], chunk: int = 512) -> None:
+        """Find the neighbours of every word not yet looked up (a word stands for all its
+        casings: its first casing here is the one tokenized), ``chunk`` words per matrix
+        product: one product per word made augmenting PhraseBank's 4,157 sentences take 30 s
+        on a 2-core CPU."""
+        todo = {}
+        for word in words:
+            if word.lower() not in self._cache:
+                todo.setdefault(word.lower(), word)
+        if not todo:
+            return
+        pieces = self.tokenizer(list(todo.values()), add_special_tokens=False)["input_ids"]
+        single = []
+        for key, ids in zip(todo, pieces):
             if len(ids) == 1:
-                similarity = self.embeddings @ self.embeddings[ids[0]]
-                similarity[~self.candidate] = -2
-                for index in similarity.topk(self.neighbours + 2).indices.tolist():
-                    if self.vocab[index].lower() != key and len(found) < self.neighbours:
-                        found.append(self.vocab[index])
-            self._cache[key] = found
-        return self._cache[key]
+                single.append((key, ids[0]))
+            else:
+                self._cache[key] = []
+        for start in range(0, len(single), chunk):
+            part = single[start:start + chunk]
+            similarity = self.embeddings[[i for _, i in part]] @ self.embeddings.T
+            similarity[:, ~self.candidate] = -2
+            nearest = similarity.topk(self.neighbours + 2, dim=1).indices.tolist()
+            for (key, _), indices in zip(part, nearest):
+                found = [self.vocab[i] for i in indices if self.vocab[i].lower() != key]
+                self._cache[key] = found[:self.neighbours]
 
     def variant(self, sentence: str, rng: random.Random) -> str:
         """One variant of ``sentence`` (it may come out unchanged)."""
@@ -85,6 +102,9 @@ class WordNeighbourAugmenter:
         if variants_per_sentence < 0:
             raise ValueError(f"augment.variants_per_sentence must be >= 0, got {variants_per_sentence}")
         rng = random.Random(seed)
+        if variants_per_sentence:  # every word that may be replaced, looked up at once
+            self.find_neighbours([word for text in sentences for word in WORD.findall(text)
+                                  if len(word) >= self.min_letters])
         seen = {comparable(text) for text in [*sentences, *exclude]}
         variants = []
         for sentence in tqdm(sentences, desc="augmenting sentences", disable=not sentences,

@@ -235,24 +235,24 @@ def build_news_corpus(
         if split_long_items and path.suffix.lower() != ".sgm":
             items = [s for item in items for s in split_sentences(clean_text(item))]
         per_file[path.name] = len(items)
-        raw_items[path.name] = items
-        raw += items
+        raw_items[path.name] = [clean_text(text) for text in items]  # cleaned once
+        raw += raw_items[path.name]
     counts = Counter(read=len(raw))
-    cleaned = [clean_text(text) for text in raw]
-    kept = [t for t in cleaned if min_words <= len(t.split()) <= max_words]
-    counts["too_short_or_long"] = len(cleaned) - len(kept)
+    kept = [t for t in raw if min_words <= len(t.split()) <= max_words]
+    counts["too_short_or_long"] = len(raw) - len(kept)
     unique = list(dict.fromkeys(kept))
     counts["duplicates"] = len(kept) - len(unique)
     groups: dict[str, list[str]] = {}
+    keys = dict(zip(unique, map(comparable, unique))) if exclude or holdout else {}
     if holdout and holdout.get("fraction"):
         groups = holdout_groups(files, unique, sources_of(files, raw_items), holdout)
-        kept_apart = {comparable(text) for texts in groups.values() for text in texts}
-        survivors = [t for t in unique if comparable(t) not in kept_apart]
+        kept_apart = {keys[text] for texts in groups.values() for text in texts}
+        survivors = [t for t in unique if keys[t] not in kept_apart]
         counts["robustness_holdout"] = len(unique) - len(survivors)
         unique = survivors
     if exclude:
         excluded = {comparable(text) for text in exclude}
-        survivors = [t for t in unique if comparable(t) not in excluded]
+        survivors = [t for t in unique if keys[t] not in excluded]
         counts["phrasebank_overlap"] = len(unique) - len(survivors)
         unique = survivors
     if max_sentences is not None and len(unique) > max_sentences:
@@ -265,12 +265,13 @@ def build_news_corpus(
     return NewsCorpus(unique, dict(counts), per_file, groups)
 
 
-def sources_of(files: list[Path], raw_items: dict[str, list[str]]) -> dict[str, set[str]]:
-    """The names of the files each cleaned sentence occurs in."""
+def sources_of(files: list[Path], items: dict[str, list[str]]) -> dict[str, set[str]]:
+    """The names of the files each sentence occurs in (``items``: file name -> its cleaned
+    sentences)."""
     found: dict[str, set[str]] = {}
     for path in files:
-        for text in raw_items[path.name]:
-            found.setdefault(clean_text(text), set()).add(path.name)
+        for text in items[path.name]:
+            found.setdefault(text, set()).add(path.name)
     return found
 
 
@@ -281,8 +282,9 @@ def holdout_groups(files: list[Path], sentences: list[str], source: dict[str, se
     gives the same hold-out as reading them all); a group no file matches is empty."""
     groups = {}
     for group, pattern in holdout["groups"].items():  # a group no file matches stays empty
+        names = set(fnmatch.filter([path.name for path in files], pattern))
         groups[group] = [text for text in sentences
-                         if fnmatch.filter(source.get(text, ()), pattern)
+                         if not names.isdisjoint(source.get(text, ()))
                          and held_out(text, holdout["fraction"], holdout["seed"])]
     return groups
 
