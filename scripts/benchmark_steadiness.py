@@ -19,7 +19,6 @@ its own benchmark stage, which uses the same setting.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 

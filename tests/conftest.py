@@ -60,6 +60,22 @@ def compose_config(overrides: list[str], output_dir: Path):
         )
 
 
+# the tiny end-to-end runs: the README's main job and the distill experiments
+DISTILL_TINY = [*TINY, "news.max_sentences=120", "student.model.num_layers=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, data_dir) -> Path:
+    """One stage store for the tiny end-to-end runs (``DISTILL_TINY``), so that they share the
+    teacher, the pseudo-labels, stage 1 and the fresh baseline, whichever runs first; its tiny
+    teacher is trained here, so that every test using it can run alone."""
+    from fincompress.stages.teacher import ensure_teacher
+
+    root = tmp_path_factory.mktemp("store")
+    ensure_teacher(compose_config([*TINY], root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory) -> Path:
     """A random 1-layer classifier on MiniLM's tokenizer, saved as a run's ``student/`` folder

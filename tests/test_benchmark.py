@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fincompress import scoring
 from fincompress.compress.int8 import OpenVINOBackend
 from fincompress.compress.prune import prune_ffn, prune_heads
 from fincompress.data.phrasebank import write_splits
 from fincompress.hardware import machine_record
 from fincompress.models.sources import load_classifier
-from fincompress import scoring
 from fincompress.scoring import encoder_flops, mean_pass_seconds, peak_rates, score
 from fincompress.stages.benchmark import write_outputs
 from fincompress.tables import f1_axis, pareto_front

@@ -25,14 +25,12 @@ from fincompress.predict import load as load_predictor
 from fincompress.stages import distill
 from fincompress.stages import pseudo_labels as pseudo_label_module
 from fincompress.stages.distill import StudentMismatchError, run_distill
-from fincompress.stages.teacher import ensure_teacher
 from fincompress.students.builders import encoder_from_config, truncated_student
 
-from .conftest import DATA_DIR, ROOT, TINY, compose_config
+from .conftest import DATA_DIR, DISTILL_TINY, ROOT, TINY, compose_config
 
 LABELS = ["negative", "neutral", "positive"]
 # tiny teacher (4 layers, width 32), 2-layer student, 120 news sentences
-DISTILL_TINY = [*TINY, "news.max_sentences=120", "student.model.num_layers=2"]
 METHODS = ["ce", "kd", "pkd", "tinybert", "finetune"]
 
 
@@ -83,12 +81,9 @@ def test_one_training_step_of_every_method(method, tiny_pair, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shared_root(tmp_path_factory, data_dir):
-    """One output root for the end-to-end runs, so that they share the teacher and the
-    pseudo-labels; its tiny teacher is trained here, so that every test using it can run alone."""
-    root = tmp_path_factory.mktemp("distill")
-    ensure_teacher(compose_config([*TINY], root))
-    return root
+def shared_root(tiny_store):
+    """The end-to-end runs' output root: the store the README's main job shares."""
+    return tiny_store
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ import subprocess
 import sys
 import tomllib
 
-from .conftest import DATA_DIR, ROOT, TINY
+from .conftest import DATA_DIR, DISTILL_TINY, ROOT
 
 # shrinks the main job: tiny teacher, 48 sentences per split, 120 news sentences, 2-layer student
-SHRINK = [*TINY, "news.max_sentences=120", "student.model.num_layers=2", "distill.speed_sentences=5",
-          "news.holdout.scored_per_group=100"]
+SHRINK = [*DISTILL_TINY, "distill.speed_sentences=5", "news.holdout.scored_per_group=100"]
 
 
 def quick_start() -> list[str]:
@@ -28,19 +27,22 @@ def test_quick_start_is_three_commands():
     assert tests == "pytest"
 
 
-def test_main_job_runs(tmp_path, data_dir):
-    """The main command exactly as written, plus overrides that shrink model and data."""
+def test_main_job_runs(tmp_path, tiny_store):
+    """The main command exactly as written, plus overrides that shrink model and data; its
+    stages go to the store the distill tests share (whichever runs first trains them)."""
     main = quick_start()[1].split()
     result = subprocess.run(
         [sys.executable, *main[1:], *SHRINK, f"paths.data_dir={DATA_DIR}",
-         f"paths.output_root={tmp_path}"],
+         f"paths.output_root={tiny_store}", f"paths.run_dir={tmp_path / 'pkd'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # teacher and student metrics side by side
-    assert "test accuracy" in result.stdout and "teacher" in result.stdout
-    assert "f1_macro" in result.stdout and "kl_teacher_student" in result.stdout
-    (run,) = (tmp_path / "pkd").iterdir()
+    # teacher, student and the converged fresh baseline side by side, and the verdict
+    header = next(line for line in result.stdout.splitlines() if line.startswith("| ") and "teacher" in line)
+    assert "pkd" in header and "fresh" in header and "(converged)" in header
+    assert "| acc " in result.stdout and "| f1_macro " in result.stdout
+    assert "converged fresh baseline" in result.stdout
+    run = tmp_path / "pkd"
     assert (run / "student" / "checkpoint_info.json").is_file()
     assert (run / "results.json").is_file()
 
