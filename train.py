@@ -7,6 +7,7 @@ composes them wherever it runs.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import sys
 import traceback
@@ -17,24 +18,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fincompress import distributed
-from fincompress.config_checks import check_config
+from fincompress.config_checks import check_config, trusted_targets
 from fincompress.errors import InputError
 from fincompress.files import write_json
 from fincompress.hardware import keep_freed_memory
-from fincompress.stages.benchmark import run_benchmark
-from fincompress.stages.compress import run_compress
-from fincompress.stages.distill import run_distill
-from fincompress.stages.label import run_label
-from fincompress.stages.prune import run_prune
-from fincompress.stages.qat import run_qat
-from fincompress.stages.quantize import run_ptq
-from fincompress.stages.static import run_static
-from fincompress.stages.teacher import train_teacher
 
-TASKS = {"teacher": train_teacher, "distill": run_distill, "prune": run_prune,
-         "ptq": run_ptq, "qat": run_qat, "static": run_static,
-         "compress": run_compress, "benchmark": run_benchmark, "label": run_label}
+# each task's function, imported once the config is checked: the stages import Lightning,
+# transformers and the INT8 engines (about 15 s on a 2-core CPU), which a bad value need not wait for
+TASKS = {"teacher": "teacher:train_teacher", "distill": "distill:run_distill",
+         "prune": "prune:run_prune", "ptq": "quantize:run_ptq", "qat": "qat:run_qat",
+         "static": "static:run_static", "compress": "compress:run_compress",
+         "benchmark": "benchmark:run_benchmark", "label": "label:run_label"}
+
+
+def task_function(task: str):
+    module, name = TASKS[task].split(":")
+    return getattr(importlib.import_module(f"fincompress.stages.{module}"), name)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://fincompress.conf", config_name="train")
@@ -47,8 +46,11 @@ def main(cfg: DictConfig) -> float | None:
         if cfg.get("reuse_finished_run") and finished.is_file():
             print(f"reusing {finished}, from an earlier run into this folder")
             return json.loads(finished.read_text())["student"].get("f1_macro")
+        from fincompress import distributed
+
         distributed.join(cfg)  # DDP ranks started by srun or torchrun: every rank runs the job
-        info = TASKS[cfg.task](cfg)
+        with trusted_targets():
+            info = task_function(cfg.task)(cfg)
         distributed.leave()
         # a rerun into the folder of a failed run: it no longer failed
         (Path(cfg.paths.run_dir) / "FAILED.json").unlink(missing_ok=True)

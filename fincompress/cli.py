@@ -681,8 +681,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from fincompress.config_checks import trusted_targets
+
     try:
-        args.run(args)
+        with trusted_targets():  # the commands that run a stage (bench) instantiate its config
+            args.run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -2,7 +2,8 @@
 against the same students fine-tuned to convergence and quantized the same way, and a static
 tier, all timed in one benchmark beside the teacher in every precision.
 
-    python scripts/frontier.py --name NAME [--seeds 3] [--students minilm_l1,minilm_l2] [--prune 0.67,0.75] -- [overrides]
+    python scripts/frontier.py --name NAME [--seeds 3] [--students minilm_l1,minilm_l2] \
+        [--prune 0.67,0.75] -- [overrides]
     python scripts/frontier.py --name mpnet -- teacher=mpnet_base
 
 Every run is a ``train.py`` run into ``outputs/frontier/NAME/...`` (stored stages are shared,

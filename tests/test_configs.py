@@ -1,5 +1,6 @@
 """Every YAML under fincompress/conf/ composes, resolves and instantiates."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fincompress.config_checks import check_config
+from fincompress.config_checks import check_config, trusted_targets
 from fincompress.distill.loss import DistillationLoss, build_loss
 from fincompress.models.sources import load_classifier, resolve_source
 from fincompress.training import build_trainer
@@ -101,3 +102,21 @@ def test_launcher_configs_compose_onto_submitit(path):
     assert launcher.timeout_min > 0 and launcher.tasks_per_node >= 1
     if path.stem == "slurm":  # what a cluster user sets: partition, time, nodes, tasks, array
         assert {"partition", "nodes", "array_parallelism", "signal_delay_s"} <= set(launcher)
+
+
+def test_train_py_instantiates_the_projects_targets_and_refuses_others():
+    """Hydra 1.4 warns at every instantiate without an execution whitelist (an error from 1.5):
+    train.py and the CLI run stages inside ``trusted_targets()``."""
+    from hydra.errors import InstantiationException
+
+    try:
+        from hydra.utils import execution_whitelist  # noqa: F401
+    except ImportError:
+        pytest.skip("Hydra before 1.4 has no execution whitelist")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation warning inside the context
+        with trusted_targets():
+            bar = instantiate({"_target_": "lightning.pytorch.callbacks.TQDMProgressBar"})
+            assert type(bar).__name__ == "TQDMProgressBar"
+            with pytest.raises(InstantiationException, match="os.getcwd.*not in the Hydra execution"):
+                instantiate({"_target_": "os.getcwd"})
