@@ -72,6 +72,7 @@ def main() -> None:
     settings = [float(x) for x in args.min_round_s.split(",")]
 
     from fincompress.cli import compose_config
+    from fincompress.config_checks import trusted_targets
     from fincompress.stages.benchmark import artifacts_override, run_benchmark
 
     paths = stand_ins(args.output / "models", args.teacher, args.layers, heads_share, ffn_share)
@@ -79,11 +80,13 @@ def main() -> None:
     for number in range(args.runs):
         for setting in settings:
             run_dir = args.output / f"run{number + 1}_min{setting:g}s"
-            result = run_benchmark(compose_config([
-                "+experiment=benchmark", artifacts_override({k: str(v) for k, v in paths.items()}),
-                f"paths.run_dir={run_dir.resolve()}", "benchmark.reference_precisions=false",
-                "benchmark.published=[]", "benchmark.latency_sentences=0",
-                f"benchmark.min_round_s={setting}"]))
+            with trusted_targets():
+                result = run_benchmark(compose_config([
+                    "+experiment=benchmark",
+                    artifacts_override({k: str(v) for k, v in paths.items()}),
+                    f"paths.run_dir={run_dir.resolve()}", "benchmark.reference_precisions=false",
+                    "benchmark.published=[]", "benchmark.latency_sentences=0",
+                    f"benchmark.min_round_s={setting}"]))
             rates = {row["model"]: row["throughput_sorted"] for row in result["models"]}
             run = {"min_round_s": setting, "rates": rates,
                    "x_teacher_fp32": round(rates["student_int8"] / rates["teacher"], 1),

@@ -71,6 +71,7 @@ def teacher_dir(tmp_path_factory, data_dir):
     return ensure_teacher(compose_config([*TINY], root))
 
 
+@pytest.mark.slow(budget_s=180)  # 15-18 s on a 2-core AVX2 CPU: three engines exported and timed
 def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
     cfg = compose_config([*TINY, "distill.pseudo_label.engine=fastest",
                           "quantize.backends=[onnxruntime]"], tmp_path)
