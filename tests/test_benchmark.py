@@ -197,3 +197,34 @@ def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
         time.sleep(0.5)
     for key in keys:
         assert key in records
+
+
+@pytest.mark.slow(budget_s=400)  # two stand-ins exported to INT8, two benchmark runs
+def test_the_steadiness_script_times_pruned_stand_ins_in_both_round_settings(tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    output = tmp_path / "steady"
+    command = [sys.executable, "scripts/benchmark_steadiness.py", "--output", str(output),
+               "--runs", "1", "--min-round-s", "0,0.5", "--teacher", "bundled:minilm-l6",
+               "--layers", "1", "--prune", "0.5,0.5"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=380)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((output / "steadiness.json").read_text())
+    assert [run["min_round_s"] for run in saved["runs"]] == [0.0, 0.5]
+    assert set(saved["summary"]) == {"0", "0.5"}
+    student = json.loads((output / "models" / "student" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 1
+    pruning = student["fincompress_pruning"]  # half of 12 heads and of 1,536 neurons
+    assert len(pruning["kept_heads"]["0"]) == 6 and pruning["intermediate_sizes"]["0"] == 768
+    for run in saved["runs"]:
+        rates = run["rates"]
+        assert run["x_teacher_fp32"] == round(rates["student_int8"] / rates["teacher"], 1)
+        folder = output / f"run1_min{run['min_round_s']:g}s"
+        rows = {r["model"]: r for r in json.loads((folder / "benchmark.json").read_text())["models"]}
+        assert rows["student_int8"]["engine"] == "openvino" and rows["student_int8"]["precision"] == "i8"
+        passes = rows["student_int8"]["timing_passes"]
+        # one pass per round (2 rounds) without the setting; repeated within 0.5 s with it
+        assert passes == 2 if run["min_round_s"] == 0 else passes > 2
