@@ -399,11 +399,13 @@ def training_sentences(count: int) -> list[str]:
 def data_folder_split(problem: str, remedy: str):
     """The default config and its PhraseBank split from the data folder; a missing data folder
     is one error naming ``problem``, ``FINCOMPRESS_DATA`` and ``remedy``."""
+    from fincompress.config_checks import trusted_targets
     from fincompress.data.datamodule import phrasebank_split
 
     cfg = compose_config(data_overrides())
     try:
-        return cfg, phrasebank_split(cfg)
+        with trusted_targets():  # phrasebank_split instantiates cfg.data
+            return cfg, phrasebank_split(cfg)
     except FileNotFoundError as error:
         raise InputError(f"{problem} ({error}): set FINCOMPRESS_DATA to the data folder (it "
                          f"holds financial_phrasebank/), {remedy}") from None
@@ -500,7 +502,10 @@ def bench(args) -> None:
                  f"benchmark.min_round_s={args.min_round_s}"]
     if not args.published:
         overrides.append("benchmark.published=[]")
-    run_benchmark(compose_config(overrides))
+    from fincompress.config_checks import trusted_targets
+
+    with trusted_targets():  # imported here: the other commands start without Hydra
+        run_benchmark(compose_config(overrides))
     print(f"written: {output}/benchmark.{{json,csv,md}}, pareto.png, confusion_matrices.png")
 
 
@@ -681,11 +686,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from fincompress.config_checks import trusted_targets
-
     try:
-        with trusted_targets():  # the commands that run a stage (bench) instantiate its config
-            args.run(args)
+        args.run(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -171,7 +171,8 @@ def score(artifacts: dict, labels: list[str], split_file: Path, machine: dict | 
                     lambda p=p, ids=encoded[name], sort=sort: p.logits_ids(ids, 32, sort=sort),
                     min_round_s)
                 seconds[name].append(mean_s)
-                passes[name] += count if sort else 0
+                if sort:
+                    passes[name] += count
     other_work = other_work_share(busy_before, own_before, wall_before)
     if other_work is not None and other_work > OTHER_WORK_WARNING:
         print(f"warning: other processes used {other_work:.0%} of the CPUs while timing; the "

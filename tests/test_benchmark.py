@@ -220,8 +220,6 @@ def test_the_steadiness_script_times_pruned_stand_ins_in_both_round_settings(tmp
     pruning = student["fincompress_pruning"]  # half of 12 heads and of 1,536 neurons
     assert len(pruning["kept_heads"]["0"]) == 6 and pruning["intermediate_sizes"]["0"] == 768
     for run in saved["runs"]:
-        rates = run["rates"]
-        assert run["x_teacher_fp32"] == round(rates["student_int8"] / rates["teacher"], 1)
         folder = output / f"run1_min{run['min_round_s']:g}s"
         rows = {r["model"]: r for r in json.loads((folder / "benchmark.json").read_text())["models"]}
         assert rows["student_int8"]["engine"] == "openvino" and rows["student_int8"]["precision"] == "i8"

@@ -42,6 +42,8 @@ def test_main_job_runs(tmp_path, tiny_store):
     assert "pkd" in header and "fresh" in header and "(converged)" in header
     assert "| acc " in result.stdout and "| f1_macro " in result.stdout
     assert "converged fresh baseline" in result.stdout
+    # the stages instantiate their config inside the project's Hydra execution whitelist
+    assert "execution_whitelist" not in result.stderr
     run = tmp_path / "pkd"
     assert (run / "student" / "checkpoint_info.json").is_file()
     assert (run / "results.json").is_file()

@@ -243,8 +243,9 @@ def build_news_corpus(
     unique = list(dict.fromkeys(kept))
     counts["duplicates"] = len(kept) - len(unique)
     groups: dict[str, list[str]] = {}
-    keys = dict(zip(unique, map(comparable, unique))) if exclude or holdout else {}
-    if holdout and holdout.get("fraction"):
+    hold_out = bool(holdout and holdout.get("fraction"))
+    keys = dict(zip(unique, map(comparable, unique))) if exclude or hold_out else {}
+    if hold_out:
         groups = holdout_groups(files, unique, sources_of(files, raw_items), holdout)
         kept_apart = {keys[text] for texts in groups.values() for text in texts}
         survivors = [t for t in unique if keys[t] not in kept_apart]
