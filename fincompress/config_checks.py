@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -165,16 +166,34 @@ def check_resume_file(path: Path) -> None:
 
 
 # what the project's configs may instantiate (``_target_``): its own code, PyTorch's optimizers
-# and schedulers, Lightning's trainer, callbacks, loggers and strategies
-TRUSTED_TARGETS = ("fincompress.*", "torch.optim.*", "lightning.pytorch.*")
+# and schedulers, Lightning's trainer, callbacks, loggers, strategies and plugins
+TRUSTED_TARGETS = ("fincompress.*", "torch.optim.*", "lightning.pytorch.*", "lightning.fabric.*")
+# the user's own additions, comma-separated (say ``my_lab.callbacks.*`` for
+# ``+callbacks.mine={_target_: my_lab.callbacks.Mine}``): set by whoever starts the process,
+# never by the config it runs, which could otherwise trust itself (Hydra's security model)
+EXTRA_TARGETS_VARIABLE = "FINCOMPRESS_TRUSTED_TARGETS"
+
+
+def trusted_target_patterns() -> list[str]:
+    """``TRUSTED_TARGETS`` and those named in ``$FINCOMPRESS_TRUSTED_TARGETS``; a bare ``*``
+    (which Hydra refuses as trusting everything) is an ``InputError`` naming it."""
+    extra = [entry.strip() for entry in os.environ.get(EXTRA_TARGETS_VARIABLE, "").split(",")]
+    extra = [entry for entry in extra if entry]
+    for entry in extra:
+        if entry == "*" or not all(part.isidentifier() or part == "*" for part in entry.split(".")) \
+                or "*" in entry[:-1]:
+            raise InputError(f"{EXTRA_TARGETS_VARIABLE}: {entry!r} is not a dotted Python name or "
+                             "a package prefix ending in .* (say my_lab.callbacks.*)")
+    return [*TRUSTED_TARGETS, *extra]
 
 
 def trusted_targets():
-    """A context in which ``hydra.utils.instantiate`` resolves only ``TRUSTED_TARGETS``:
-    Hydra 1.4 warns at each instantiate without such a whitelist (an error from Hydra 1.5);
-    on Hydra 1.3, which has none, nothing happens."""
+    """A context in which ``hydra.utils.instantiate`` resolves only the targets of
+    :func:`trusted_target_patterns`: Hydra 1.4 warns at each instantiate without such a
+    whitelist (an error from Hydra 1.5); on Hydra 1.3, which has none, nothing happens."""
+    patterns = trusted_target_patterns()
     try:
         from hydra.utils import execution_whitelist
     except ImportError:
         return contextlib.nullcontext()
-    return execution_whitelist(list(TRUSTED_TARGETS))
+    return execution_whitelist(patterns)

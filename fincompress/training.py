@@ -254,20 +254,25 @@ def restore_fit_state(trainer: L.Trainer, best: dict, last: Path) -> None:
         trainer.fit_loop.epoch_progress.current.completed = epoch + 1
 
 
+def single_process(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose Trainer runs in this process alone, whatever launched it."""
+    single = copy.deepcopy(cfg)
+    with open_dict(single):
+        single.trainer.devices = 1
+        single.trainer.num_nodes = 1
+        single.trainer.strategy = "auto"
+        # not the launcher's environment, which would ask for all its processes
+        single.trainer.plugins = [
+            {"_target_": "lightning.fabric.plugins.environments.LightningEnvironment"}]
+    return single
+
+
 def run_test(trainer: L.Trainer, cfg: DictConfig, module: ClassifierModule, datamodule) -> dict:
     """Test ``module`` with the fit's ``trainer`` and return its ``test_results`` (metrics and
     confusion matrix). After a DDP fit, in a single-process Trainer instead: the forked
     processes' results would not come back to this one."""
     if trainer.world_size > 1:
-        single = copy.deepcopy(cfg)
-        with open_dict(single):
-            single.trainer.devices = 1
-            single.trainer.num_nodes = 1
-            single.trainer.strategy = "auto"
-            # not the launcher's environment, which would ask for all its processes
-            single.trainer.plugins = [
-                {"_target_": "lightning.fabric.plugins.environments.LightningEnvironment"}]
-        trainer = build_trainer(single)
+        trainer = build_trainer(single_process(cfg))
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_results
 

@@ -1,5 +1,6 @@
 """Every YAML under fincompress/conf/ composes, resolves and instantiates."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -8,10 +9,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fincompress.config_checks import check_config, trusted_targets
+from fincompress.config_checks import EXTRA_TARGETS_VARIABLE, check_config, trusted_targets
 from fincompress.distill.loss import DistillationLoss, build_loss
+from fincompress.errors import InputError
 from fincompress.models.sources import load_classifier, resolve_source
-from fincompress.training import build_trainer
+from fincompress.training import build_trainer, single_process
 
 from .conftest import CONF_DIR, compose_config
 
@@ -121,3 +123,40 @@ def test_trusted_targets_instantiate_the_projects_classes_and_refuse_others():
             assert type(bar).__name__ == "TQDMProgressBar"
             with pytest.raises(InstantiationException, match="os.getcwd.*not in the Hydra execution"):
                 instantiate({"_target_": "os.getcwd"})
+
+
+def test_the_test_trainer_after_a_ddp_fit_builds_inside_the_whitelist(tmp_path):
+    """After a DDP fit the stages test in a single-process Trainer whose Lightning environment
+    plugin the config does not name: it must build inside ``trusted_targets()`` (it failed
+    there once, in every multi-process run) and run in this process alone."""
+    cfg = compose_config(["+experiment=kd", "trainer=ddp", "trainer.devices=2"], tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with trusted_targets():
+            trainer = build_trainer(single_process(cfg))
+    assert trainer.world_size == 1 and trainer.num_devices == 1
+    assert cfg.trainer.devices == 2  # the run's own config is left as it was
+
+
+def test_the_user_trusts_their_own_targets_through_the_environment(monkeypatch):
+    """``$FINCOMPRESS_TRUSTED_TARGETS`` adds the user's own callbacks to the whitelist (the
+    config it guards cannot); other targets stay refused and a pattern trusting everything is
+    refused by name."""
+    from hydra.errors import InstantiationException
+
+    try:
+        from hydra.utils import execution_whitelist  # noqa: F401
+    except ImportError:
+        pytest.skip("Hydra before 1.4 has no execution whitelist")
+    marker = {"_target_": "tests.helpers.RankMarker", "folder": "unused"}
+    with trusted_targets(), pytest.raises(InstantiationException, match="tests.helpers.RankMarker"):
+        instantiate(marker)
+    monkeypatch.setenv(EXTRA_TARGETS_VARIABLE, " tests.helpers.* , ")
+    with trusted_targets():
+        assert type(instantiate(marker)).__name__ == "RankMarker"
+        with pytest.raises(InstantiationException, match="os.getcwd"):
+            instantiate({"_target_": "os.getcwd"})
+    for bad in ("*", "tests.*.helpers", "tests/helpers"):
+        monkeypatch.setenv(EXTRA_TARGETS_VARIABLE, bad)
+        with pytest.raises(InputError, match=f"{EXTRA_TARGETS_VARIABLE}: '{re.escape(bad)}'"):
+            trusted_targets()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fincompress.config_checks import EXTRA_TARGETS_VARIABLE
 from fincompress.hardware import resolve_precision
 from fincompress.training import Preemption
 
@@ -30,13 +31,14 @@ def news_slice(tmp_path: Path) -> Path:
 
 def recording_scontrol(tmp_path: Path) -> dict:
     """The environment of a SLURM job (id 4242) whose ``scontrol`` records what it was asked
-    in ``<tmp_path>/scontrol.log``."""
+    in ``<tmp_path>/scontrol.log``, trusting the callbacks of ``tests.helpers`` that the
+    commands add through config."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
     (bin_dir / "scontrol").chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "SLURM_JOB_ID": "4242"}
+            "SLURM_JOB_ID": "4242", EXTRA_TARGETS_VARIABLE: "tests.helpers.*"}
 
 COMMAND = [sys.executable, "train.py", "+experiment=kd", *TINY, "news.max_sentences=400",
            "student.model.num_layers=2", "distill.speed_sentences=0", f"paths.data_dir={DATA_DIR}"]
@@ -246,7 +248,9 @@ def test_a_preempted_ddp_fit_stops_every_rank_and_its_rerun_ends_as_an_uninterru
         return [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True,
                                  env={**slurm_task_env(rank, 2, port, "4242"),
-                                      "PATH": env["PATH"]}) for rank in range(2)]
+                                      "PATH": env["PATH"],
+                                      EXTRA_TARGETS_VARIABLE: env[EXTRA_TARGETS_VARIABLE]})
+                     for rank in range(2)]
 
     def finish(processes) -> tuple[list[int], str]:
         logs = [process.communicate(timeout=300)[0] for process in processes]
