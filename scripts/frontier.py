@@ -178,8 +178,12 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
                 [(r["distill"]["fresh"]["dir"], r["distill"]["fresh"]["f1_macro"]) for r in per],
                 ("distill", "fresh")),
         }
+        # each INT8 student's converged baseline, which the done-when checks compare it with
+        baselines = {f"{student} KD, INT8": f"{student} fine-tuned (converged), INT8"}
         if "pruned" in per[0]:
             shape = f"{per[0]['pruned']['heads']} heads, {per[0]['pruned']['ffn_neurons']} FFN"
+            baselines[f"{student} KD pruned ({shape}), INT8"] = \
+                f"{per[0]['pruned_fresh']['student']} fine-tuned (converged), INT8"
             families.update({
                 f"{student} KD pruned ({shape}), INT8": ([r["pruned_int8"] for r in per], None),
                 f"{per[0]['pruned_fresh']['student']} fine-tuned (converged), INT8": (
@@ -195,6 +199,8 @@ def summary(runs: dict, statics: list[dict], bench: list[dict], seeds: list[int]
             timed = by_dir.get(scored[0][0])
             row = {"model": name, "seeds": len(scored), "f1_macro": mean, "f1_macro_std": std,
                    "throughput": timed["throughput_sorted"] if timed else None}
+            if name in baselines:
+                row["baseline"] = baselines[name]
             agreement = [r[who[0]].get("robustness") or {} for r in per] if who else []
             for group in (agreement[0] if agreement else {}):
                 row[f"agreement_{group}"] = statistics.fmean(a[group][who[1]] for a in agreement)
@@ -226,10 +232,10 @@ def checks(rows: list[dict], student: str) -> list[str]:
     """The issue's done-when figures, each with its answer, for every INT8 student of
     ``student`` (distilled, and distilled then pruned) against its converged baseline."""
     lines = []
-    int8 = [row for row in rows if row["model"].endswith(", INT8")]
-    for kd in (row for row in int8 if row["model"].startswith(f"{student} KD")):
-        fresh = int8[int8.index(kd) + 1]  # each KD row is followed by its baseline
-        lines += pair_checks(kd["model"].removesuffix(", INT8"), kd, fresh)
+    by_name = {row["model"]: row for row in rows}
+    for kd in (row for row in rows if row["model"].startswith(f"{student} KD")
+               and "baseline" in row):
+        lines += pair_checks(kd["model"].removesuffix(", INT8"), kd, by_name[kd["baseline"]])
     static = next((row for row in rows if row["model"] == "static (model2vec)"), None)
     if static:
         lines.append(f"static tier: {static['x_teacher_fp32']:.0f}x the teacher fp32 "

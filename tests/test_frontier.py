@@ -309,3 +309,5 @@ def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
     unpruned = [line for line in lines if line.startswith("minilm_l2 KD INT8")]
     assert "50.0x (NOT met" in unpruned[0] and "1.00 points below the teacher (met" in unpruned[2]
     assert "minilm_l2 fine-tuned (converged), INT8: +0.0400" in unpruned[3]
+    # each student is checked against its own baseline, by name, in whatever order the rows come
+    assert sorted(frontier.checks(list(reversed(rows)), "minilm_l2")) == sorted(lines)

@@ -1,5 +1,6 @@
 """Precision by machine: bf16 only where the CPU runs it natively, fp32 elsewhere."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from fincompress.hardware import ISA_FLAGS, autocast_dtype, cpu_info, native_bf16, resolve_precision
+
+from .conftest import ROOT
 
 ZEN3 = {"cpu": "AMD EPYC 7B13", "isa": ["avx2", "fma"], "torch_cpu_capability": "AVX2",
         "onednn_max_cpu_isa": None}
@@ -140,3 +143,27 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
     assert default[1] > 20_000 and kept[1] < default[1] / 20, (default, kept)
     # a user's own allocator settings win: nothing is changed
     assert faults("keep", {"MALLOC_ARENA_MAX": "2"})[0] == "False"
+
+
+@pytest.mark.slow(budget_s=120)  # 17 s on 2 AVX2 cores: a diagnostic, kept out of the default suite
+def test_the_step_profile_script_takes_a_training_step_apart(tmp_path):
+    """scripts/training_step_profile.py: the matmul peak on all threads and on one, the
+    forward, backward and optimizer times of a step, and the operators that dominate it (a
+    one-layer MiniLM: matrix products lead); a bad count is refused by name."""
+    output = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, "scripts/training_step_profile.py", "--layers", "1", "--batch", "4",
+         "--tokens", "16", "--steps", "2", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert set(result["fp32_matmul_peak_gflops"]) == {f"{torch.get_num_threads()} threads", "1 thread"}
+    assert all(rate > 0 for rate in result["fp32_matmul_peak_gflops"].values())
+    assert set(result["step"]) == {"forward_ms", "backward_ms", "optimizer_ms"}
+    assert all(ms > 0 for ms in result["step"].values())
+    operators = [row["operator"] for row in result["top_operators"]]
+    assert {"aten::mm", "aten::addmm"} & set(operators[:3])
+    assert 0 < sum(row["share"] for row in result["top_operators"]) <= 1
+    bad = subprocess.run([sys.executable, "scripts/training_step_profile.py", "--steps", "0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--steps must be at least 1, not 0" in bad.stderr
