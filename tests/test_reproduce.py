@@ -120,6 +120,7 @@ def test_pareto_claim_names_models_that_beat_every_published_row():
     assert pareto_claim(rows[1:]) == "No published rows were measured."
 
 
+@pytest.mark.slow(budget_s=120)  # 17 s on 2 AVX2 cores
 def test_report_adds_a_study_run_over_more_seeds(tmp_path):
     """``--seeds-study`` appends another study's table (mean ± std) and copies its plots beside
     the README; a folder that is not a study is refused by name."""
