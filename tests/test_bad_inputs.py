@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,8 +82,9 @@ def test_a_text_where_a_number_belongs_is_named(tmp_path):
         check_config(cfg)
 
 
-def test_train_py_with_a_bad_value_exits_2_with_one_line_and_marks_the_run_failed(tmp_path):
-    """``trainer.max_epochs=-1`` ended in OverflowError; ``0`` saved an untrained teacher."""
+def bad_train_run(tmp_path: Path) -> Path:
+    """``train.py`` with ``trainer.max_epochs=-1``: exit 2, one ``error:`` line, no traceback,
+    ``FAILED.json`` in the run folder and no work started. Returns the run folder."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "train.py", "+experiment=teacher", "trainer.max_epochs=-1",
@@ -93,7 +95,17 @@ def test_train_py_with_a_bad_value_exits_2_with_one_line_and_marks_the_run_faile
     assert "Traceback" not in result.stderr
     assert json.loads((run_dir / "FAILED.json").read_text())["failed"] is True
     assert not (tmp_path / "stages").exists()  # no work started
-    # the same run, fixed, into the same folder: it no longer says it failed
+    return run_dir
+
+
+def test_train_py_with_a_bad_value_exits_2_with_one_line_and_marks_the_run_failed(tmp_path):
+    """``trainer.max_epochs=-1`` ended in OverflowError; ``0`` saved an untrained teacher."""
+    bad_train_run(tmp_path)
+
+
+@pytest.mark.slow(budget_s=120)  # a tiny teacher's training: 19 s on 2 AVX2 cores
+def test_a_fixed_rerun_into_a_failed_runs_folder_no_longer_says_it_failed(tmp_path):
+    run_dir = bad_train_run(tmp_path)
     fixed = subprocess.run(
         [sys.executable, "train.py", "+experiment=teacher", *TINY, f"paths.data_dir={DATA_DIR}",
          f"paths.output_root={tmp_path}", f"hydra.run.dir={run_dir}"],

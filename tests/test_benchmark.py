@@ -173,6 +173,7 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
         run_benchmark(compose_config([*overrides, "benchmark.artifacts={x:nowhere}"], tmp_path))
 
 
+@pytest.mark.slow(budget_s=120)  # 11 s on 2 AVX2 cores
 def test_benchmark_logs_a_wandb_table_offline(tmp_path, data_dir, monkeypatch):
     from fincompress.stages.benchmark import run_benchmark
 

@@ -219,6 +219,7 @@ def test_stages_are_reused_on_a_second_run(shared_root, distill_run, capsys, mon
     assert record["inputs"]["news"]["batch_size"] == 32  # what decides the stage is listed
 
 
+@pytest.mark.slow(budget_s=120)  # 20 s on 2 AVX2 cores
 def test_the_fresh_baseline_stops_once_validation_stops_improving(teacher_dir, tmp_path):
     """With a learning rate of 0 validation never improves: patience 1 stops the fit after its
     second epoch of the four allowed; the verdict compares the student with that baseline."""
@@ -413,6 +414,9 @@ def test_confidence_threshold_keeps_only_confident_pseudo_labels(tmp_path, minil
         news_loader(cfg, news, pseudo, loss, minilm_tokenizer)
 
 
+# 13 s on 2 AVX2 cores; the default suite keeps the leakage check on the whole corpus
+# (tests/test_leakage.py), which covers the transfer text and its variants
+@pytest.mark.slow(budget_s=120)
 def test_phrasebank_transfer_sentences_never_include_val_or_test(tmp_path, data_dir, minilm_tokenizer):
     from fincompress.data.datamodule import NewsDataModule
     from fincompress.stages.distill import transfer_sentences
