@@ -23,8 +23,10 @@ NEWS_DIR = DATA_DIR / "news"
 
 # Settings that make any experiment tiny: random 4-layer teacher, a few sentences per split, one
 # epoch (two at most for the converged fresh baseline), no PhraseBank transfer text.
+# benchmark.min_round_s=0: every stage table times one pass per round (1-s rounds by default)
 TINY = ["teacher=tiny_random", "data.max_per_split=48", "trainer.max_epochs=1",
-        "distill.fresh.max_epochs=2", "distill.pseudo_label.add_phrasebank=null"]
+        "distill.fresh.max_epochs=2", "distill.pseudo_label.add_phrasebank=null",
+        "benchmark.min_round_s=0"]
 
 
 @pytest.fixture(autouse=True)

@@ -117,7 +117,7 @@ def test_pruning_errors_name_the_problem():
 
 PRUNE_TINY = ["+experiment=prune", "teacher=tiny_random", "data.max_per_split=48",
               "trainer.max_epochs=1", "prune.rounds=2", "prune.heads=0.5", "prune.ffn=0.25",
-              "prune.timing_repeats=1", "prune.ffn_multiple=1"]
+              "prune.timing_repeats=1", "prune.ffn_multiple=1", "benchmark.min_round_s=0"]
 
 
 def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monkeypatch):
@@ -125,8 +125,10 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monke
 
     from .conftest import compose_config
 
-    result = run_prune(compose_config(PRUNE_TINY, tmp_path))
+    # the stage table times as the benchmark does: each model's passes fill a round
+    result = run_prune(compose_config([*PRUNE_TINY, "benchmark.min_round_s=0.05"], tmp_path))
     rows = result["models"]
+    assert result["min_round_s"] == 0.05 and min(r["timing_passes"] for r in rows) > 1
     # the tiny teacher: 4 layers x 2 heads, FFN 64; half the heads and a quarter of the neurons
     assert [(r["heads"], r["ffn_neurons"]) for r in rows] == [(8, 256), (6, 224), (4, 192)]
     assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]

@@ -51,7 +51,8 @@ def run_compress(cfg: DictConfig) -> dict:
     result = score(chain, list(cfg.data.labels),
                    output_dir / "distill" / "stage2" / "split" / "test.csv", machine,
                    repeats=cfg.compress.timing_repeats,
-                   latency_sentences=cfg.compress.latency_sentences)
+                   latency_sentences=cfg.compress.latency_sentences,
+                   min_round_s=cfg.benchmark.min_round_s)
     result["steps"] = ["distill", *cfg.compress.steps]
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")

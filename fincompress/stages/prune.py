@@ -158,7 +158,8 @@ def score_rounds(cfg, source_dir: Path, rounds: list[Path], labels, output_dir: 
     this job's precision), with each model's heads and FFN neurons."""
     folders = {"source": source_dir, **{f"round {i}": f for i, f in enumerate(rounds, 1)}}
     result = score(folders, labels, output_dir / "split" / "test.csv", machine,
-                   precision=cfg.trainer.precision, repeats=cfg.prune.timing_repeats)
+                   precision=cfg.trainer.precision, repeats=cfg.prune.timing_repeats,
+                   min_round_s=cfg.benchmark.min_round_s)
     for row in result["models"]:
         model, _ = load_classifier(row["dir"], labels)
         row.update(heads=_heads(model), ffn_neurons=_neurons(model))

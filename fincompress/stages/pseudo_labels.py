@@ -81,7 +81,8 @@ def fastest_faithful_teacher(cfg, teacher_dir: Path, calibration: list[str], val
         forms[f"{backend} int8"] = (export_int8(cfg, backend, Path(teacher_dir), calibration,
                                                 machine), "32-true")
     rows = score(forms, list(cfg.data.labels), val_file, machine,
-                 repeats=cfg.quantize.timing_repeats)["models"]
+                 repeats=cfg.quantize.timing_repeats,
+                 min_round_s=cfg.benchmark.min_round_s)["models"]
     measured = {name: {"agreement": row["agreement_with_teacher"],
                        "throughput_sorted": row["throughput_sorted"]}
                 for name, row in zip(forms, rows)}

@@ -89,7 +89,8 @@ def run_qat(cfg: DictConfig) -> dict:
     result = score({"source (torch fp32)": source_dir, "PTQ openvino int8": ptq,
                     "QAT openvino int8": artifact},
                    labels, output_dir / "split" / "test.csv", machine,
-                   repeats=cfg.qat.timing_repeats, latency_sentences=cfg.qat.latency_sentences)
+                   repeats=cfg.qat.timing_repeats, latency_sentences=cfg.qat.latency_sentences,
+                   min_round_s=cfg.benchmark.min_round_s)
     result["chosen"] = {"backend": "openvino (QAT)", "dir": str(artifact), "validation": {}}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")

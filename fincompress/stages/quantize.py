@@ -49,7 +49,8 @@ def run_ptq(cfg: DictConfig) -> dict:
                     **{f"{name} int8": folder for name, folder in artifacts.items()}},
                    labels, output_dir / "split" / "test.csv", machine,
                    repeats=cfg.quantize.timing_repeats,
-                   latency_sentences=cfg.quantize.latency_sentences)
+                   latency_sentences=cfg.quantize.latency_sentences,
+                   min_round_s=cfg.benchmark.min_round_s)
     result["quantize"] = OmegaConf.to_container(cfg.quantize, resolve=True)
     result["chosen"] = {"backend": chosen, "dir": str(artifacts[chosen]), "validation": choice}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
@@ -117,7 +118,8 @@ def choose_backend(cfg, source_dir: Path, artifacts: dict[str, Path], labels: li
     if len(artifacts) == 1:
         return next(iter(artifacts)), {}
     measured = score({"source": source_dir, **artifacts}, labels, val_file, machine,
-                     repeats=cfg.quantize.timing_repeats)["models"][1:]
+                     repeats=cfg.quantize.timing_repeats,
+                     min_round_s=cfg.benchmark.min_round_s)["models"][1:]
     rows = dict(zip(artifacts, measured))
     faithful = [n for n, r in rows.items() if r["agreement_with_teacher"] >= cfg.quantize.min_agreement]
     if faithful:

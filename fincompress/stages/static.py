@@ -74,7 +74,8 @@ def run_static(cfg: DictConfig) -> dict:
     train_s = round(time.perf_counter() - clock, 1)
     result = score({"teacher": teacher_dir, "static": student_dir}, labels,
                    output_dir / "split" / "test.csv", machine, precision=cfg.trainer.precision,
-                   repeats=cfg.static.timing_repeats, latency_sentences=50, warmup=3)
+                   repeats=cfg.static.timing_repeats, latency_sentences=50, warmup=3,
+                   min_round_s=cfg.benchmark.min_round_s)
     result["robustness"] = robustness(cfg, teacher_dir, {"static": student_dir})
     result["best_val_accuracy"] = best_val
     result["timings"] = {"train_s": train_s, "total_s": round(time.perf_counter() - started, 1)}
