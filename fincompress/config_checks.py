@@ -180,8 +180,7 @@ def trusted_target_patterns() -> list[str]:
     extra = [entry.strip() for entry in os.environ.get(EXTRA_TARGETS_VARIABLE, "").split(",")]
     extra = [entry for entry in extra if entry]
     for entry in extra:
-        if entry == "*" or not all(part.isidentifier() or part == "*" for part in entry.split(".")) \
-                or "*" in entry[:-1]:
+        if not all(part.isidentifier() for part in entry.removesuffix(".*").split(".")):
             raise InputError(f"{EXTRA_TARGETS_VARIABLE}: {entry!r} is not a dotted Python name or "
                              "a package prefix ending in .* (say my_lab.callbacks.*)")
     return [*TRUSTED_TARGETS, *extra]
