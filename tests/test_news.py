@@ -11,6 +11,7 @@ from fincompress.data.news import (
     read_news_file,
     read_reuters_sgml,
     split_sentences,
+    stored_news_corpus,
 )
 
 from .conftest import NEWS_DIR
@@ -105,3 +106,35 @@ def test_added_sentences_skip_ones_already_present():
     assert grown.sentences == ["Shares rose .", "Sales fell .", "Profit doubled ."]
     assert grown.counts["phrasebank_added"] == 1 and grown.counts["total"] == 3
     assert corpus.sentences == ["Shares rose .", "Sales fell ."]  # the original is untouched
+
+
+def test_a_stored_corpus_is_read_back_until_a_file_or_setting_changes(tmp_path, monkeypatch):
+    from fincompress.data import news
+
+    (tmp_path / "news").mkdir()
+    posts = tmp_path / "news" / "posts.txt"
+    posts.write_text("".join(f"Shares of bank {n} climbed four percent on Monday\n"
+                             for n in range(10)))
+    holdout = {"fraction": 0.5, "seed": 0, "groups": {"posts": "posts*"}}
+    settings = {"min_words": 4, "exclude": ["Too short"], "holdout": holdout}
+    cache = tmp_path / "cache"
+    built = stored_news_corpus(cache, [tmp_path / "news"], **settings)
+    assert built == build_news_corpus([tmp_path / "news"], **settings)
+    assert built.holdout["posts"] and built.sentences  # the hold-out is stored too
+    assert len(list(cache.glob("*.json"))) == 1
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again")
+
+    monkeypatch.setattr(news, "build_news_corpus", no_build)
+    assert stored_news_corpus(cache, [tmp_path / "news"], **settings) == built
+    with pytest.raises(AssertionError, match="built again"):  # another setting
+        stored_news_corpus(cache, [tmp_path / "news"], **{**settings, "min_words": 5})
+    monkeypatch.undo()
+
+    posts.write_text(posts.read_text() + "Profit doubled in the third quarter of the year.\n")
+    grown = stored_news_corpus(cache, [tmp_path / "news"], **settings)  # same name, new bytes
+    assert grown.counts["read"] == 11 and len(list(cache.glob("*.json"))) == 2
+    (stored,) = [path for path in cache.glob("*.json") if "Profit doubled" in path.read_text()]
+    stored.write_text('{"sentences": ["half-writ')  # unreadable: built again, not trusted
+    assert stored_news_corpus(cache, [tmp_path / "news"], **settings) == grown

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from fincompress.data.batching import TokenizedDataset, length_grouped_loader
-from fincompress.data.news import add_sentences, build_news_corpus
+from fincompress.data.news import add_sentences, holdout_settings, stored_news_corpus
 from fincompress.data.phrasebank import (
     LABELS,
     SPLITS,
@@ -181,6 +181,8 @@ class NewsDataModule(L.LightningDataModule):
             ``<name>_added``.
         holdout: the robustness hold-out (``fraction``, ``seed``, ``groups``), kept out of the
             corpus (see :func:`~fincompress.data.news.build_news_corpus`).
+        corpus_cache_dir: where the built corpus is stored for later runs with the same files
+            and settings (see :func:`~fincompress.data.news.stored_news_corpus`); None: none.
     """
 
     def __init__(
@@ -199,8 +201,10 @@ class NewsDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         extra_sentences: dict[str, list[str]] | None = None,
         holdout: dict | None = None,
+        corpus_cache_dir: str | None = None,
     ):
         super().__init__()
+        self.corpus_cache_dir = corpus_cache_dir
         self.sources = list(sources)
         self.extra_sentences = extra_sentences
         self.holdout = holdout
@@ -225,10 +229,11 @@ class NewsDataModule(L.LightningDataModule):
             exclude = None
             if self.exclude_phrasebank:
                 exclude = [r.text for r in read_phrasebank(self.exclude_phrasebank, "50")]
-            self.corpus = build_news_corpus(
-                self.sources, self.text_column, self.min_words, self.max_words, exclude,
-                self.max_sentences, self.seed, holdout=self.holdout,
-            )
+            self.corpus = stored_news_corpus(
+                self.corpus_cache_dir, self.sources, text_column=self.text_column,
+                min_words=self.min_words, max_words=self.max_words, exclude=exclude,
+                max_sentences=self.max_sentences, seed=self.seed,
+                holdout=holdout_settings(self.holdout))
             for name, sentences in (self.extra_sentences or {}).items():
                 self.corpus = add_sentences(self.corpus, sentences, name)
         if self.dataset is None:

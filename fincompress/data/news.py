@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fnmatch
 import hashlib
 import html
@@ -23,8 +24,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fincompress.data import phrasebank
 from fincompress.data.phrasebank import comparable
 from fincompress.errors import InputError, read_utf8
+from fincompress.files import write_json
 
 _REUTERS_STORY = re.compile(r"<REUTERS\b[^>]*>(.*?)</REUTERS>", re.S)
 _TITLE = re.compile(r"<TITLE>(.*?)</TITLE>", re.S)
@@ -282,24 +285,61 @@ def holdout_groups(files: list[Path], sentences: list[str], source: dict[str, se
     the group's pattern matches and that :func:`held_out` picks (so reading only those files
     gives the same hold-out as reading them all); a group no file matches is empty."""
     groups = {}
+    fraction, seed = holdout["fraction"], holdout["seed"]  # read once: it may be a DictConfig
     for group, pattern in holdout["groups"].items():  # a group no file matches stays empty
         names = set(fnmatch.filter([path.name for path in files], pattern))
         groups[group] = [text for text in sentences
                          if not names.isdisjoint(source.get(text, ()))
-                         and held_out(text, holdout["fraction"], holdout["seed"])]
+                         and held_out(text, fraction, seed)]
     return groups
 
 
+def stored_news_corpus(cache_dir: str | Path | None, sources: list[str | Path],
+                       **settings) -> NewsCorpus:
+    """``build_news_corpus(sources, **settings)``, stored as JSON in ``cache_dir`` under a key of the news files' names and bytes, the settings and the code that builds it
+    (this module and the PhraseBank comparison), so that a later run with the same inputs reads
+    it instead of building it again (the shared news: 14 s to build on 2 AVX2 cores). A stored
+    file that cannot be read is built again; ``cache_dir`` None: built every time."""
+    if cache_dir is None:
+        return build_news_corpus(sources, **settings)
+    key = hashlib.sha256()
+    for module in (__file__, phrasebank.__file__):
+        key.update(Path(module).read_bytes())
+    key.update(json.dumps(settings, sort_keys=True).encode())
+    for path in news_files(sources):
+        key.update(f"\0{path.name}\0".encode())
+        key.update(path.read_bytes())
+    stored = Path(cache_dir) / f"{key.hexdigest()[:24]}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return NewsCorpus(**json.loads(stored.read_text(encoding="utf-8")))
+    corpus = build_news_corpus(sources, **settings)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    write_json(dataclasses.asdict(corpus), stored)
+    return corpus
+
+
 def robustness_holdout(sources: list[str | Path], holdout: dict, text_column: str = "summary",
-                       min_words: int = 4, max_words: int = 64) -> dict[str, list[str]]:
+                       min_words: int = 4, max_words: int = 64,
+                       cache_dir: str | Path | None = None) -> dict[str, list[str]]:
     """The robustness hold-out of the news in ``sources`` (see :func:`build_news_corpus`),
-    read from the files its groups name only."""
+    read from the files its groups name only (stored in ``cache_dir``: see
+    :func:`stored_news_corpus`)."""
     patterns = list(holdout["groups"].values())
     files = [path for path in news_files(sources)
              if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns)]
     if not files:
         return {group: [] for group in holdout["groups"]}
-    return build_news_corpus(files, text_column, min_words, max_words, holdout=holdout).holdout
+    return stored_news_corpus(cache_dir, files, text_column=text_column, min_words=min_words,
+                              max_words=max_words, holdout=holdout_settings(holdout)).holdout
+
+
+def holdout_settings(holdout) -> dict | None:
+    """What decides the robustness hold-out (``fraction``, ``seed``, ``groups``) as a plain dict,
+    whether ``holdout`` is a dict or Hydra's DictConfig; None stays None."""
+    if not holdout:
+        return None
+    return {"fraction": holdout["fraction"], "seed": holdout["seed"],
+            "groups": dict(holdout["groups"].items())}
 
 
 def add_sentences(corpus: NewsCorpus, sentences: list[str], name: str) -> NewsCorpus:

@@ -206,7 +206,8 @@ def robustness(cfg: DictConfig, teacher_dir: Path, models: dict[str, Path]) -> d
     if not holdout or not holdout.fraction:
         return {}
     groups = robustness_holdout(cfg.news.sources, holdout, cfg.news.text_column,
-                                cfg.news.min_words, cfg.news.max_words)
+                                cfg.news.min_words, cfg.news.max_words,
+                                cfg.news.corpus_cache_dir)
     labels = list(cfg.data.labels)
     predictors = {name: load(folder, labels, cfg.trainer.precision)
                   for name, folder in models.items()}
