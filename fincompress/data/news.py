@@ -296,10 +296,11 @@ def holdout_groups(files: list[Path], sentences: list[str], source: dict[str, se
 
 def stored_news_corpus(cache_dir: str | Path | None, sources: list[str | Path],
                        **settings) -> NewsCorpus:
-    """``build_news_corpus(sources, **settings)``, stored as JSON in ``cache_dir`` under a key of the news files' names and bytes, the settings and the code that builds it
-    (this module and the PhraseBank comparison), so that a later run with the same inputs reads
-    it instead of building it again (the shared news: 14 s to build on 2 AVX2 cores). A stored
-    file that cannot be read is built again; ``cache_dir`` None: built every time."""
+    """``build_news_corpus(sources, **settings)``, stored as JSON in ``cache_dir`` under a key
+    of the news files' names and bytes, the settings and the code that builds it (this module
+    and the PhraseBank comparison), so that a later run with the same inputs reads it instead
+    of building it again (the shared news: 14 s to build on 2 AVX2 cores). A stored file that
+    cannot be read is built again; ``cache_dir`` None: built every time."""
     if cache_dir is None:
         return build_news_corpus(sources, **settings)
     key = hashlib.sha256()
