@@ -3,6 +3,7 @@ faithful form, and the model2vec static tier opened and scored like any artifact
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,18 @@ def test_a_folder_of_nothing_names_every_form(tmp_path):
         load_predictor(tmp_path, LABELS)
 
 
+def test_corpus_words_are_the_frequent_words_the_tokenizer_splits(minilm_tokenizer):
+    from fincompress.stages.static import corpus_words
+
+    sentences = ["EBITDA rose ; Ebitda fell .", "ebitda and Qtly dividends", "QTLY divs , qtly",
+                 "Profit rose"]
+    # lower-cased and split at punctuation as the tokenizer does; "rose", "profit" and "and"
+    # are tokens already; "divs" occurs once
+    assert corpus_words(minilm_tokenizer, sentences, 2) == ["ebitda", "qtly"]
+    assert "divs" in corpus_words(minilm_tokenizer, sentences, 1)
+    assert len(minilm_tokenizer.tokenize("ebitda")) > 1  # a word model2vec would average
+
+
 @pytest.mark.slow(budget_s=200)
 def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch):
     """Vectors distilled from an encoder (the tiny teacher here, the bundled MPNet sentence
@@ -184,8 +197,8 @@ def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch)
 
     cfg = compose_config(["+experiment=static", *TINY, "news.max_sentences=120",
                           f"teacher_checkpoint={teacher_dir}", f"static.source={teacher_dir}",
-                          "static.pca_dims=16", "static.max_epochs=2", "static.timing_repeats=1"],
-                         tmp_path)
+                          "static.pca_dims=16", "static.max_epochs=2", "static.timing_repeats=1",
+                          "static.vocabulary_min_count=3"], tmp_path)
     with open_dict(cfg):
         cfg.paths.run_dir = str(tmp_path / "run")
     # the tiny teacher calls every sentence neutral: a clear error, not model2vec's
@@ -194,9 +207,12 @@ def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch)
         static.run_static(cfg)
     labelled = static.label_news
 
+    trained_on = []
+
     def keyword_teacher(*args):
         """The stored labels with the logits of a keyword rule, so every class occurs."""
         pseudo = labelled(*args)
+        trained_on[:] = pseudo.sentences
         for i, text in enumerate(pseudo.sentences):
             words = text.lower()
             pseudo.logits[i] = torch.tensor([5.0 * ("fell" in words or "loss" in words), 1.0,
@@ -219,9 +235,18 @@ def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch)
     assert [LABELS[i] for i in predicted.argmax(-1).tolist()] == static_row["predictions"]
     assert set(saved["robustness"]) == {"market_posts", "seeking_alpha"}
     assert 0 <= saved["robustness"]["market_posts"]["static"] <= 1
-    assert "model2vec" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model2vec" in out
+    # the news's frequent words that the teacher's tokenizer splits get vectors of their own
+    from model2vec import StaticModel
+    from transformers import AutoTokenizer
+
+    added = int(re.search(r"\((\d+) corpus words added\)", out).group(1))
+    vocabulary = StaticModel.from_pretrained(info["vectors"]).tokenizer.get_vocab()
+    words = static.corpus_words(AutoTokenizer.from_pretrained(teacher_dir), trained_on, 3)
+    assert added == len(words) > 0 and set(words) <= set(vocabulary)
     monkeypatch.setattr("model2vec.distill.distill_from_model", lambda **_: 1 / 0)  # noqa
-    assert static.static_vectors(cfg) == Path(info["vectors"])  # stored: not distilled again
+    assert static.static_vectors(cfg, trained_on) == Path(info["vectors"])  # stored, reused
 
 
 def test_fincompress_load_opens_a_static_classifier(static_pipeline):

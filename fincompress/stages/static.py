@@ -3,7 +3,8 @@ student, hundreds of times faster than any transformer because it has no encoder
 the mean of its tokens' vectors, then a small MLP head).
 
 - Its vectors are distilled offline from a sentence encoder (``static.source``; the bundled
-  MPNet sentence encoder by default): model2vec runs the encoder once over its vocabulary and
+  MPNet sentence encoder by default): model2vec runs the encoder once over its vocabulary (and,
+  with ``static.vocabulary_min_count``, over the training text's frequent words it lacks) and
   reduces the vectors with PCA to ``static.pca_dims``. Stored (stage ``static_vectors``).
 - Its classifier (model2vec's ``StaticModelForClassification``: head trained, vectors
   fine-tuned) learns the teacher's labels of all the news text, with early stopping on
@@ -15,7 +16,9 @@ the mean of its tokens' vectors, then a small MLP head).
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import Counter
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,23 +35,50 @@ from fincompress.tables import markdown_table
 from fincompress.training import choose_precision
 
 
-def static_vectors(cfg: DictConfig) -> Path:
-    """The stored model2vec vectors distilled from ``static.source``."""
+def static_vectors(cfg: DictConfig, sentences: list[str] = ()) -> Path:
+    """The stored model2vec vectors distilled from ``static.source``: one per token of its
+    vocabulary, plus one per word of ``sentences`` (the training text) that occurs at least
+    ``static.vocabulary_min_count`` times and that the vocabulary lacks (null: none)."""
+    from transformers import AutoTokenizer
+
     source = Path(resolve_source(cfg.static.source, cfg.paths.model_cache_dir))
-    inputs = {"source": folder_fingerprint(source), "pca_dims": cfg.static.pca_dims}
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    words = []
+    if cfg.static.vocabulary_min_count:
+        words = corpus_words(tokenizer, sentences, cfg.static.vocabulary_min_count)
+    inputs = {"source": folder_fingerprint(source), "pca_dims": cfg.static.pca_dims,
+              "corpus_words": hashlib.sha256("\n".join(words).encode()).hexdigest()[:16],
+              "corpus_word_count": len(words)}
 
     def build(staging: Path) -> None:
         from model2vec.distill import distill_from_model
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
 
-        model = distill_from_model(model=AutoModel.from_pretrained(source),
-                                   tokenizer=AutoTokenizer.from_pretrained(source),
-                                   pca_dims=cfg.static.pca_dims)
+        model = distill_from_model(model=AutoModel.from_pretrained(source), tokenizer=tokenizer,
+                                   vocabulary=words or None, pca_dims=cfg.static.pca_dims)
         model.save_pretrained(staging / "model")
 
     folder, reused = ensure_stage(cfg.paths.output_root, "static_vectors", inputs, build)
-    print(f"{'reusing' if reused else 'stored'} static vectors {folder / 'model'}")
+    print(f"{'reusing' if reused else 'stored'} static vectors {folder / 'model'} "
+          f"({len(words)} corpus words added)")
     return folder / "model"
+
+
+def corpus_words(tokenizer, sentences: list[str], min_count: int) -> list[str]:
+    """The words of ``sentences``, as ``tokenizer`` normalizes and splits them before its
+    sub-word step, that occur at least ``min_count`` times and are not one of its tokens, most
+    frequent first (ties alphabetically): model2vec gives each a vector of its own instead of
+    the mean of its pieces."""
+    backend = tokenizer.backend_tokenizer
+    counts = Counter()
+    for text in sentences:
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        counts.update(word for word, _ in backend.pre_tokenizer.pre_tokenize_str(text))
+    known = tokenizer.get_vocab()
+    frequent = [(word, count) for word, count in counts.items()
+                if count >= min_count and word not in known]
+    return [word for word, _ in sorted(frequent, key=lambda item: (-item[1], item[0]))]
 
 
 def run_static(cfg: DictConfig) -> dict:
@@ -62,7 +92,7 @@ def run_static(cfg: DictConfig) -> dict:
     teacher = load_classifier(str(teacher_dir), labels)
     news = news_corpus(cfg, teacher, split)
     pseudo = label_news(cfg, teacher_dir, split, news, teacher, output_dir)
-    vectors = static_vectors(cfg)
+    vectors = static_vectors(cfg, pseudo.sentences)
     student_dir = output_dir / "student"
     clock = time.perf_counter()
     best_val = train_static(cfg, vectors, pseudo, split.splits["val"], student_dir, {
