@@ -186,6 +186,31 @@ def test_corpus_words_are_the_frequent_words_the_tokenizer_splits(minilm_tokeniz
     assert len(minilm_tokenizer.tokenize("ebitda")) > 1  # a word model2vec would average
 
 
+def test_an_added_words_vector_is_its_pieces_encoded_without_padding(tiny_classifier, tmp_path):
+    """The bundled MPNet tokenizer pads every text to 128: an added word must still be encoded
+    as its own pieces, not as 128 positions of mostly padding."""
+    from model2vec import StaticModel
+    from transformers import AutoModel, AutoTokenizer
+
+    from fincompress.stages import static
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    tokenizer.backend_tokenizer.enable_padding(length=32, pad_id=tokenizer.pad_token_id)
+    encoder = AutoModel.from_pretrained(tiny_classifier)
+    encoder.save_pretrained(tmp_path / "encoder")
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    cfg = compose_config([f"static.source={tmp_path / 'encoder'}", "static.pca_dims=null",
+                          "static.vocabulary_min_count=2"], tmp_path)
+    vectors = StaticModel.from_pretrained(static.static_vectors(cfg, ["ebitda rose", "ebitda fell"]))
+    pieces = AutoTokenizer.from_pretrained(tiny_classifier)("ebitda", return_tensors="pt")
+    assert pieces["input_ids"].shape[1] > 3  # [CLS], several pieces, [SEP]
+    with torch.no_grad():
+        expected = encoder(**pieces).last_hidden_state[0].mean(0).numpy()
+    ours = vectors.embedding[vectors.tokenizer.token_to_id("ebitda")].astype(np.float32)
+    cosine = ours @ expected / np.linalg.norm(ours) / np.linalg.norm(expected)
+    assert cosine > 0.999
+
+
 @pytest.mark.slow(budget_s=200)
 def test_the_static_stage_end_to_end(teacher_dir, tmp_path, capsys, monkeypatch):
     """Vectors distilled from an encoder (the tiny teacher here, the bundled MPNet sentence

@@ -43,6 +43,11 @@ def static_vectors(cfg: DictConfig, sentences: list[str] = ()) -> Path:
 
     source = Path(resolve_source(cfg.static.source, cfg.paths.model_cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(source)
+    # model2vec encodes each added word with this tokenizer and averages over every id it
+    # returns: the bundled MPNet tokenizer pads to 128, which would make each word's vector
+    # mostly padding (and its encoding 40 times slower)
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
     words = []
     if cfg.static.vocabulary_min_count:
         words = corpus_words(tokenizer, sentences, cfg.static.vocabulary_min_count)
