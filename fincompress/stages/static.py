@@ -51,9 +51,10 @@ def static_vectors(cfg: DictConfig, sentences: list[str] = ()) -> Path:
     words = []
     if cfg.static.vocabulary_min_count:
         words = corpus_words(tokenizer, sentences, cfg.static.vocabulary_min_count)
-    inputs = {"source": folder_fingerprint(source), "pca_dims": cfg.static.pca_dims,
-              "corpus_words": hashlib.sha256("\n".join(words).encode()).hexdigest()[:16],
-              "corpus_word_count": len(words)}
+    inputs = {"source": folder_fingerprint(source), "pca_dims": cfg.static.pca_dims}
+    if words:  # vectors stored without added words keep their key
+        inputs.update(corpus_words=hashlib.sha256("\n".join(words).encode()).hexdigest()[:16],
+                      corpus_word_count=len(words))
 
     def build(staging: Path) -> None:
         from model2vec.distill import distill_from_model
