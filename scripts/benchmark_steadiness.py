@@ -1,16 +1,18 @@
 """How steady is the benchmark's speed-up of a small student over the teacher, run after run?
 
     python scripts/benchmark_steadiness.py --output outputs/steadiness [--runs 2] \\
-        [--min-round-s 0,1] [--teacher bundled:mpnet-base] [--layers 2] [--prune 0.67,0.75]
+        [--min-round-s 0,1] [--teacher bundled:mpnet-base] [--layers 2] [--prune 0.67,0.75] \\
+        [--backends openvino,onnxruntime,onnxruntime_static]
 
 Builds stand-ins in the frontier's shapes, with weights that do not matter for timing (as the
 benchmark's published rows): the teacher (``--teacher``), and a MiniLM cut to ``--layers``
 layers with the given shares of heads and FFN neurons removed (the same number from each
-layer), each also in OpenVINO INT8. Then it runs the benchmark stage ``--runs`` times for each
+layer), each also in INT8 through every backend of ``--backends`` (``quantize.engines``, as the
+PTQ stage builds them). Then it runs the benchmark stage ``--runs`` times for each
 ``benchmark.min_round_s`` value, the values in turn (0, 1, 0, 1, ...), and prints the student's
-throughput and its speed-ups over the teacher in fp32 and in INT8 for every run, with their
-spread over the runs of each value. Written to ``--output``: the stand-ins, each run's
-benchmark folder and ``steadiness.json``.
+throughput in each form and its fastest INT8 form's speed-ups over the teacher in fp32 and in
+its fastest INT8 form for every run, with their spread over the runs of each value. Written
+to ``--output``: the stand-ins, each run's benchmark folder and ``steadiness.json``.
 
 Accuracy is not measured here (the weights are not trained); the frontier's figures come from
 its own benchmark stage, which uses the same setting.
@@ -25,17 +27,26 @@ from pathlib import Path
 LABELS = ["negative", "neutral", "positive"]
 
 
-def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float,
-              ffn_share: float) -> dict[str, Path]:
-    """The four artifacts, built once and reused by later calls."""
+def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_share: float,
+              backends: list[str]) -> dict[str, Path]:
+    """The teacher and the student in fp32 and in each backend's INT8 (``teacher_int8_openvino``
+    ...), built once and reused by later calls."""
+    from hydra.utils import instantiate
+
     from fincompress.artifacts import save_model_folder, write_checkpoint_info
-    from fincompress.cli import training_sentences
-    from fincompress.compress.int8 import OpenVINOBackend
+    from fincompress.cli import compose_config, training_sentences
     from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads
+    from fincompress.config_checks import trusted_targets
     from fincompress.files import atomic_folder
     from fincompress.models.sources import load_classifier
 
-    paths = {name: folder / name for name in ("teacher", "teacher_int8", "student", "student_int8")}
+    engines = compose_config(["+experiment=ptq"]).quantize.engines
+    unknown = sorted(set(backends) - set(engines))
+    if unknown:
+        raise SystemExit(f"--backends: {', '.join(unknown)} not among quantize.engines "
+                         f"({', '.join(engines)})")
+    paths = {name: folder / name for model in ("teacher", "student")
+             for name in (model, *(f"{model}_int8_{backend}" for backend in backends))}
     if all(path.is_dir() for path in paths.values()):
         return paths
     student, student_tokenizer = load_classifier("bundled:minilm-l6", LABELS,
@@ -51,11 +62,23 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float,
     calibration = training_sentences(300)
     for name, (model, tokenizer) in models.items():
         info = {"stage": "stand-in", "labels": LABELS, "note": "untrained weights, for timing"}
-        save_model_folder(model, tokenizer, paths[name], info)
-        with atomic_folder(paths[f"{name}_int8"]) as staging:
-            record = OpenVINOBackend().export(model, tokenizer, calibration, staging)
-            write_checkpoint_info(staging, {**info, "source": str(paths[name]), "steps": [record]})
+        if not paths[name].is_dir():
+            save_model_folder(model, tokenizer, paths[name], info)
+        for backend in backends:
+            if paths[f"{name}_int8_{backend}"].is_dir():
+                continue
+            with atomic_folder(paths[f"{name}_int8_{backend}"]) as staging, trusted_targets():
+                record = instantiate(engines[backend]).export(model, tokenizer, calibration,
+                                                              staging)
+                write_checkpoint_info(staging, {**info, "source": str(paths[name]),
+                                                "steps": [record]})
     return paths
+
+
+def fastest(rates: dict[str, float], model: str) -> tuple[str, float]:
+    """The name and rate of ``model``'s fastest INT8 form."""
+    return max(((name, rate) for name, rate in rates.items()
+                if name.startswith(f"{model}_int8_")), key=lambda item: item[1])
 
 
 def main() -> None:
@@ -67,6 +90,8 @@ def main() -> None:
     parser.add_argument("--teacher", default="bundled:mpnet-base")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--prune", default="0.67,0.75", help="HEADS,FFN shares removed")
+    parser.add_argument("--backends", default="openvino",
+                        help="INT8 backends (quantize.engines), comma-separated")
     args = parser.parse_args()
     heads_share, ffn_share = (float(x) for x in args.prune.split(","))
     settings = [float(x) for x in args.min_round_s.split(",")]
@@ -75,7 +100,8 @@ def main() -> None:
     from fincompress.config_checks import trusted_targets
     from fincompress.stages.benchmark import artifacts_override, run_benchmark
 
-    paths = stand_ins(args.output / "models", args.teacher, args.layers, heads_share, ffn_share)
+    paths = stand_ins(args.output / "models", args.teacher, args.layers, heads_share, ffn_share,
+                      args.backends.split(","))
     runs = []
     for number in range(args.runs):
         for setting in settings:
@@ -88,15 +114,18 @@ def main() -> None:
                     "benchmark.published=[]", "benchmark.latency_sentences=0",
                     f"benchmark.min_round_s={setting}"]))
             rates = {row["model"]: row["throughput_sorted"] for row in result["models"]}
-            run = {"min_round_s": setting, "rates": rates,
-                   "x_teacher_fp32": round(rates["student_int8"] / rates["teacher"], 1),
-                   "x_teacher_int8": round(rates["student_int8"] / rates["teacher_int8"], 1),
+            student, student_rate = fastest(rates, "student")
+            teacher, teacher_rate = fastest(rates, "teacher")
+            run = {"min_round_s": setting, "rates": rates, "student_int8": student,
+                   "teacher_int8": teacher, "student_int8_per_s": student_rate,
+                   "x_teacher_fp32": round(student_rate / rates["teacher"], 1),
+                   "x_teacher_int8": round(student_rate / teacher_rate, 1),
                    "other_work_share": result["machine"].get("other_work_share")}
             runs.append(run)
-            print(f"min_round_s={setting:g}: student INT8 {rates['student_int8']:,.0f}/s, "
-                  f"{run['x_teacher_fp32']}x teacher fp32 ({rates['teacher']:.1f}/s), "
-                  f"{run['x_teacher_int8']}x teacher INT8 ({rates['teacher_int8']:.1f}/s)",
-                  flush=True)
+            forms = ", ".join(f"{name} {rate:,.1f}/s" for name, rate in rates.items())
+            print(f"min_round_s={setting:g}: {forms}\n  fastest student INT8 ({student}) "
+                  f"{run['x_teacher_fp32']}x teacher fp32, {run['x_teacher_int8']}x teacher's "
+                  f"fastest INT8 ({teacher})", flush=True)
     summary = {}
     for setting in settings:
         mine = [run for run in runs if run["min_round_s"] == setting]
@@ -105,7 +134,7 @@ def main() -> None:
                   "range_pct": round(100 * (max(run[key] for run in mine)
                                             / min(run[key] for run in mine) - 1), 1)}
             for key in ("x_teacher_fp32", "x_teacher_int8")}
-        summary[f"{setting:g}"]["student_int8_per_s"] = [run["rates"]["student_int8"] for run in mine]
+        summary[f"{setting:g}"]["student_int8_per_s"] = [run["student_int8_per_s"] for run in mine]
         print(f"min_round_s={setting:g}: x teacher fp32 {summary[f'{setting:g}']['x_teacher_fp32']}, "
               f"x teacher INT8 {summary[f'{setting:g}']['x_teacher_int8']}; median "
               f"{statistics.median(summary[f'{setting:g}']['x_teacher_fp32']['values'])}x")

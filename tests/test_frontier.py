@@ -4,6 +4,7 @@ faithful form, and the model2vec static tier opened and scored like any artifact
 import importlib.util
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +91,19 @@ def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
     assert form == max(faithful, key=lambda name: forms[name]["throughput_sorted"])
     corpus = NewsCorpus(["Profit rose strongly this year .", "Sales fell .", "Costs were flat ."])
     rule = labelling_rule(cfg)
+
+    def slow_choice():  # a choice that takes 3 s: exports and timing are not labelling
+        time.sleep(3)
+        return choose()
+
     pseudo = pseudo_label_module.pseudo_label(teacher_dir, corpus, tmp_path, LABELS,
-                                              precision=rule, labeller=choose)
+                                              precision=rule, labeller=slow_choice)
     expected = load_predictor(folder, LABELS, precision).logits(corpus.sentences)
     assert torch.allclose(pseudo.logits, torch.from_numpy(expected), atol=1e-4) and pseudo.cls.numel() == 0
     report = json.loads((pseudo.folder / "report.json").read_text())
     assert report["labeller"]["chosen"] == form and report["precision"] == rule
     assert report["labelled"] == 3 and report["labelling_sentences_per_s"] > 0
+    assert report["choosing_form_s"] >= 3 > report["labelling_s"]
     # a stricter rule is another store key; the torch engine needs no rule
     assert labelling_rule(compose_config([*TINY], tmp_path)) is None
     with pytest.raises(ValueError, match="engine must be torch or fastest, got 'int8'"):

@@ -87,6 +87,29 @@ def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
     assert folder_size_bytes(tmp_path / "int8") < folder_size_bytes(tmp_path / "fp32")
 
 
+def test_auto_overflow_fix_follows_the_cpu_into_the_store_key(tmp_path, data_dir, monkeypatch,
+                                                              tiny_classifier):
+    from fincompress.compress import int8
+    from fincompress.stages.quantize import int8_inputs
+    from fincompress.store import stage_key
+
+    from fincompress.stages.qat import qat_inputs
+
+    cfg = compose_config(PTQ_TINY, tmp_path)
+    qat = compose_config(["+experiment=qat", *TINY], tmp_path)
+    keys, qat_fixes = {}, {}
+    for isa in (["avx2"], ["avx2", "avx512_vnni"]):
+        monkeypatch.setattr(int8, "cpu_info", lambda isa=isa: {"isa": isa})
+        keys[isa[-1]] = int8_inputs(cfg, "openvino", tiny_classifier)
+        qat_fixes[isa[-1]] = qat_inputs(qat, tiny_classifier, tiny_classifier)["overflow_fix"]
+    assert qat_fixes == {"avx2": "enable", "avx512_vnni": "disable"}
+    assert keys["avx2"]["backend"]["overflow_fix"] == "enable"
+    assert keys["avx512_vnni"]["backend"]["overflow_fix"] == "disable"
+    assert keys["avx2"]["backend"]["subset_size"] == cfg.quantize.engines.openvino.subset_size
+    # an INT8 artifact built on one kind of CPU is not reused on the other
+    assert stage_key(keys["avx2"]) != stage_key(keys["avx512_vnni"])
+
+
 def test_bad_inputs_are_named(tmp_path, minilm_tokenizer, monkeypatch):
     model, _ = load_classifier("bundled:minilm-l6", ["a", "b", "c"], random_init=True,
                                config_overrides={"num_hidden_layers": 1})

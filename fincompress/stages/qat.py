@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.artifacts import write_checkpoint_info
+from fincompress.compress.int8 import resolve_overflow_fix
 from fincompress.compress.qat import export_openvino, prepare
 from fincompress.data.datamodule import data_settings
 from fincompress.data.phrasebank import calibration_texts
@@ -42,7 +43,9 @@ def qat_inputs(cfg: DictConfig, source_dir: Path, teacher_dir: Path) -> dict:
     return {"source": folder_fingerprint(source_dir), "teacher": folder_fingerprint(teacher_dir),
             "qat": {k: v for k, v in cfg.qat.items() if k not in NOT_IN_KEY},
             "calibration_sentences": cfg.qat.calibration_sentences,
-            "overflow_fix": cfg.qat.overflow_fix, "data": data_settings(cfg), "seed": cfg.seed,
+            # as this CPU resolves it: an artifact built with VNNI is not reused without
+            "overflow_fix": resolve_overflow_fix(cfg.qat.overflow_fix),
+            "data": data_settings(cfg), "seed": cfg.seed,
             "trainer": trainer_settings(cfg)}
 
 

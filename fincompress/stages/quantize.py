@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fincompress.artifacts import write_checkpoint_info
+from fincompress.compress.int8 import resolve_overflow_fix
 from fincompress.data.datamodule import data_settings, phrasebank_split
 from fincompress.data.phrasebank import calibration_texts
 from fincompress.files import write_json
@@ -78,9 +79,14 @@ def check_backends(quantize: DictConfig) -> None:
 
 
 def int8_inputs(cfg: DictConfig, name: str, source_dir: Path) -> dict:
-    """What decides a stored INT8 artifact: the source model, the backend's settings, the
-    calibration set (its size, and the data and seed it is drawn with)."""
-    return {"source": folder_fingerprint(source_dir), "backend": cfg.quantize.engines[name],
+    """What decides a stored INT8 artifact: the source model, the backend's settings (an
+    ``auto`` overflow fix as this CPU resolves it: a store shared by machines with and without
+    VNNI keeps both artifacts), the calibration set (its size, and the data and seed it is
+    drawn with)."""
+    backend = OmegaConf.to_container(cfg.quantize.engines[name], resolve=True)
+    if "overflow_fix" in backend:
+        backend["overflow_fix"] = resolve_overflow_fix(backend["overflow_fix"])
+    return {"source": folder_fingerprint(source_dir), "backend": backend,
             "calibration_sentences": cfg.quantize.calibration_sentences,
             "data": data_settings(cfg), "seed": cfg.seed}
 
