@@ -62,7 +62,9 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_s
     calibration = training_sentences(300)
     for name, (model, tokenizer) in models.items():
         info = {"stage": "stand-in", "labels": LABELS, "note": "untrained weights, for timing"}
-        if not paths[name].is_dir():
+        if paths[name].is_dir():  # an earlier call's stand-in: new INT8 forms share its weights
+            model, tokenizer = load_classifier(str(paths[name]), LABELS)
+        else:
             save_model_folder(model, tokenizer, paths[name], info)
         for backend in backends:
             if paths[f"{name}_int8_{backend}"].is_dir():
