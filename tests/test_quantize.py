@@ -90,10 +90,9 @@ def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
 def test_auto_overflow_fix_follows_the_cpu_into_the_store_key(tmp_path, data_dir, monkeypatch,
                                                               tiny_classifier):
     from fincompress.compress import int8
+    from fincompress.stages.qat import qat_inputs
     from fincompress.stages.quantize import int8_inputs
     from fincompress.store import stage_key
-
-    from fincompress.stages.qat import qat_inputs
 
     cfg = compose_config(PTQ_TINY, tmp_path)
     qat = compose_config(["+experiment=qat", *TINY], tmp_path)
@@ -108,6 +107,20 @@ def test_auto_overflow_fix_follows_the_cpu_into_the_store_key(tmp_path, data_dir
     assert keys["avx2"]["backend"]["subset_size"] == cfg.quantize.engines.openvino.subset_size
     # an INT8 artifact built on one kind of CPU is not reused on the other
     assert stage_key(keys["avx2"]) != stage_key(keys["avx512_vnni"])
+
+
+def test_the_choice_says_plainly_when_no_backend_is_faithful():
+    from fincompress.stages.quantize import choice_line
+
+    # the MPNet teacher's measurements on an AVX2-only CPU: none reaches 0.99
+    measured = {"openvino": {"agreement": 0.985, "throughput_sorted": 18.1},
+                "onnxruntime": {"agreement": 0.947, "throughput_sorted": 33.3}}
+    line = choice_line({"backend": "openvino", "validation": measured, "min_agreement": 0.99})
+    assert "quantize.min_agreement=0.99" in line and "openvino is only the most faithful" in line
+    faithful = {**measured, "onnxruntime": {"agreement": 0.997, "throughput_sorted": 33.3}}
+    line = choice_line({"backend": "onnxruntime", "validation": faithful, "min_agreement": 0.99})
+    assert line.startswith("INT8 backend chosen on this machine: onnxruntime")
+    assert "most faithful" not in line
 
 
 def test_bad_inputs_are_named(tmp_path, minilm_tokenizer, monkeypatch):

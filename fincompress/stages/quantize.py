@@ -53,7 +53,8 @@ def run_ptq(cfg: DictConfig) -> dict:
                    latency_sentences=cfg.quantize.latency_sentences,
                    min_round_s=cfg.benchmark.min_round_s)
     result["quantize"] = OmegaConf.to_container(cfg.quantize, resolve=True)
-    result["chosen"] = {"backend": chosen, "dir": str(artifacts[chosen]), "validation": choice}
+    result["chosen"] = {"backend": chosen, "dir": str(artifacts[chosen]), "validation": choice,
+                        "min_agreement": cfg.quantize.min_agreement}
     result["wall_time_s"] = round(time.perf_counter() - started, 1)
     write_json(result, output_dir / "results.json")
     print(table(result))
@@ -142,5 +143,10 @@ def choice_line(chosen: dict) -> str:
         return f"INT8 backend: {chosen['backend']} (the only one configured)"
     measured = "; ".join(f"{name} {row['throughput_sorted']:.1f} sent/s, agreement "
                          f"{row['agreement']:.3f}" for name, row in chosen["validation"].items())
-    return (f"INT8 backend chosen on this machine: {chosen['backend']} (validation split: "
+    line = (f"INT8 backend chosen on this machine: {chosen['backend']} (validation split: "
             f"{measured})")
+    bar = chosen.get("min_agreement")
+    if bar is not None and all(row["agreement"] < bar for row in chosen["validation"].values()):
+        line += (f"\n  no backend's labels agree with the fp32 source on quantize.min_agreement="
+                 f"{bar} of the validation split: {chosen['backend']} is only the most faithful")
+    return line
