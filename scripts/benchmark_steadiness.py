@@ -49,22 +49,26 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_s
              for name in (model, *(f"{model}_int8_{backend}" for backend in backends))}
     if all(path.is_dir() for path in paths.values()):
         return paths
-    student, student_tokenizer = load_classifier("bundled:minilm-l6", LABELS,
-                                                 config_overrides={"num_hidden_layers": layers})
-    parts = layer_parts(student)
-    heads, neurons = student.config.num_attention_heads, student.config.intermediate_size
-    prune_heads(student, {i: list(range(round(heads * (1 - heads_share)), heads))
-                          for i in range(len(parts))})
-    prune_ffn(student, {i: list(range(round(neurons * (1 - ffn_share)), neurons))
-                        for i in range(len(parts))})
-    models = {"teacher": load_classifier(teacher, LABELS),
-              "student": (student, student_tokenizer)}
+
+    def pruned_student():
+        student, tokenizer = load_classifier("bundled:minilm-l6", LABELS,
+                                             config_overrides={"num_hidden_layers": layers})
+        parts = layer_parts(student)
+        heads, neurons = student.config.num_attention_heads, student.config.intermediate_size
+        prune_heads(student, {i: list(range(round(heads * (1 - heads_share)), heads))
+                              for i in range(len(parts))})
+        prune_ffn(student, {i: list(range(round(neurons * (1 - ffn_share)), neurons))
+                            for i in range(len(parts))})
+        return student, tokenizer
+
+    makers = {"teacher": lambda: load_classifier(teacher, LABELS), "student": pruned_student}
     calibration = training_sentences(300)
-    for name, (model, tokenizer) in models.items():
+    for name, make in makers.items():
         info = {"stage": "stand-in", "labels": LABELS, "note": "untrained weights, for timing"}
         if paths[name].is_dir():  # an earlier call's stand-in: new INT8 forms share its weights
             model, tokenizer = load_classifier(str(paths[name]), LABELS)
         else:
+            model, tokenizer = make()
             save_model_folder(model, tokenizer, paths[name], info)
         for backend in backends:
             if paths[f"{name}_int8_{backend}"].is_dir():

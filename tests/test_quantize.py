@@ -47,6 +47,7 @@ def test_ptq_experiment_end_to_end(tmp_path, data_dir):
     chosen = result["chosen"]
     measured = chosen["validation"]
     assert set(measured) == {"openvino", "onnxruntime", "onnxruntime_static"}
+    assert all(m["faithful"] == (m["agreement"] >= 0.99) for m in measured.values())
     faithful = [n for n, m in measured.items() if m["agreement"] >= 0.99] or list(measured)
     key = ("throughput_sorted" if any(m["agreement"] >= 0.99 for m in measured.values())
            else "agreement")
@@ -113,11 +114,12 @@ def test_the_choice_says_plainly_when_no_backend_is_faithful():
     from fincompress.stages.quantize import choice_line
 
     # the MPNet teacher's measurements on an AVX2-only CPU: none reaches 0.99
-    measured = {"openvino": {"agreement": 0.985, "throughput_sorted": 18.1},
-                "onnxruntime": {"agreement": 0.947, "throughput_sorted": 33.3}}
+    measured = {"openvino": {"agreement": 0.985, "throughput_sorted": 18.1, "faithful": False},
+                "onnxruntime": {"agreement": 0.947, "throughput_sorted": 33.3, "faithful": False}}
     line = choice_line({"backend": "openvino", "validation": measured, "min_agreement": 0.99})
     assert "quantize.min_agreement=0.99" in line and "openvino is only the most faithful" in line
-    faithful = {**measured, "onnxruntime": {"agreement": 0.997, "throughput_sorted": 33.3}}
+    faithful = {**measured,
+                "onnxruntime": {"agreement": 0.997, "throughput_sorted": 33.3, "faithful": True}}
     line = choice_line({"backend": "onnxruntime", "validation": faithful, "min_agreement": 0.99})
     assert line.startswith("INT8 backend chosen on this machine: onnxruntime")
     assert "most faithful" not in line

@@ -121,21 +121,23 @@ def choose_backend(cfg, source_dir: Path, artifacts: dict[str, Path], labels: li
                    val_file: Path, machine: dict) -> tuple[str, dict]:
     """The fastest artifact (batch-32 on the validation split, on this machine) whose labels
     agree with the fp32 source on at least ``quantize.min_agreement`` of the validation
-    sentences; when none does, the most faithful. One artifact: itself, unmeasured."""
+    sentences; when none does, the most faithful. Each measured backend says whether it
+    reached that share (``faithful``). One artifact: itself, unmeasured."""
     if len(artifacts) == 1:
         return next(iter(artifacts)), {}
     measured = score({"source": source_dir, **artifacts}, labels, val_file, machine,
                      repeats=cfg.quantize.timing_repeats,
                      min_round_s=cfg.benchmark.min_round_s)["models"][1:]
-    rows = dict(zip(artifacts, measured))
-    faithful = [n for n, r in rows.items() if r["agreement_with_teacher"] >= cfg.quantize.min_agreement]
+    rows = {name: {"agreement": row["agreement_with_teacher"],
+                   "throughput_sorted": row["throughput_sorted"],
+                   "faithful": row["agreement_with_teacher"] >= cfg.quantize.min_agreement}
+            for name, row in zip(artifacts, measured)}
+    faithful = [name for name, row in rows.items() if row["faithful"]]
     if faithful:
-        chosen = max(faithful, key=lambda n: rows[n]["throughput_sorted"])
+        chosen = max(faithful, key=lambda name: rows[name]["throughput_sorted"])
     else:
-        chosen = max(rows, key=lambda n: rows[n]["agreement_with_teacher"])
-    return chosen, {name: {"agreement": row["agreement_with_teacher"],
-                           "throughput_sorted": row["throughput_sorted"]}
-                    for name, row in rows.items()}
+        chosen = max(rows, key=lambda name: rows[name]["agreement"])
+    return chosen, rows
 
 
 def choice_line(chosen: dict) -> str:
@@ -145,8 +147,8 @@ def choice_line(chosen: dict) -> str:
                          f"{row['agreement']:.3f}" for name, row in chosen["validation"].items())
     line = (f"INT8 backend chosen on this machine: {chosen['backend']} (validation split: "
             f"{measured})")
-    bar = chosen.get("min_agreement")
-    if bar is not None and all(row["agreement"] < bar for row in chosen["validation"].values()):
+    if not any(row["faithful"] for row in chosen["validation"].values()):
         line += (f"\n  no backend's labels agree with the fp32 source on quantize.min_agreement="
-                 f"{bar} of the validation split: {chosen['backend']} is only the most faithful")
+                 f"{chosen['min_agreement']} of the validation split: {chosen['backend']} is "
+                 "only the most faithful")
     return line
