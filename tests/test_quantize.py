@@ -77,6 +77,13 @@ def test_int8_agrees_with_fp32_on_real_sentences(tmp_path, data_dir, backend):
     texts = [row.text for row in read_phrasebank(data_dir / "financial_phrasebank", "all")][:300]
     backend().export(model, tokenizer, texts[:100], tmp_path / "int8")
     backend(int8=False).export(model, tokenizer, [], tmp_path / "fp32")
+    assert model.config._attn_implementation == "sdpa"  # the export's eager attention is undone
+    if (tmp_path / "fp32" / "model.onnx").is_file():
+        import onnx
+
+        # attention exported as plain products: no SDPA mask handling (IsNaN, Where) in the graph
+        ops = {node.op_type for node in onnx.load(tmp_path / "fp32" / "model.onnx").graph.node}
+        assert "Softmax" in ops and "IsNaN" not in ops
     model.save_pretrained(tmp_path / "torch")
     tokenizer.save_pretrained(tmp_path / "torch")
     reference = torch.from_numpy(TorchPredictor(tmp_path / "torch", labels, "32-true").logits(texts))

@@ -12,6 +12,7 @@ from fincompress.models import sources
 from fincompress.models.sources import (
     BundledFolder,
     BundledSplitZip,
+    attention_implementation,
     bundled_folder,
     extract_split_zip,
     load_classifier,
@@ -168,3 +169,19 @@ def test_random_init_with_overrides_and_bad_override():
     assert model.config.num_hidden_layers == 2 and model.config.num_labels == 3
     with pytest.raises(ValueError, match="not a field"):
         load_classifier("bundled:minilm-l6", LABELS, config_overrides={"num_layerz": 2})
+
+
+def test_attention_implementation_is_restored_even_when_the_block_fails():
+    model, tokenizer = load_classifier("bundled:minilm-l6", LABELS, random_init=True,
+                                       config_overrides={"num_hidden_layers": 1, "hidden_size": 32,
+                                                         "num_attention_heads": 2,
+                                                         "intermediate_size": 64})
+    batch = tokenizer(["Sales rose 5 % .", "Profit fell ."], padding=True, return_tensors="pt")
+    assert model.config._attn_implementation == "sdpa"
+    with attention_implementation(model, "eager"):
+        maps = model(**batch, output_attentions=True).attentions  # eager alone returns them
+    assert maps[0].shape == (2, 2, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(RuntimeError, match="boom"), attention_implementation(model, "eager"):
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"

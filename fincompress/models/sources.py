@@ -21,6 +21,7 @@ index silently swaps classes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import os
@@ -356,6 +357,19 @@ def reorder_label_head(model: nn.Module, order: list[int]) -> None:
         output_layer.weight.copy_(output_layer.weight[index])
         if output_layer.bias is not None:
             output_layer.bias.copy_(output_layer.bias[index])
+
+
+@contextlib.contextmanager
+def attention_implementation(model: nn.Module, implementation: str):
+    """Inside the block, ``model`` computes attention with ``implementation`` (``eager``:
+    plain matrix products and softmax, which return the attention maps and export to a plain
+    ONNX graph; ``sdpa``); the one it had is restored after."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(before)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ from fincompress.compress.importance import attention_entropy, gate_importance, 
 from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, pruning_record
 from fincompress.data.datamodule import data_settings
 from fincompress.files import write_json
-from fincompress.models.sources import load_classifier
+from fincompress.models.sources import attention_implementation, load_classifier
 from fincompress.predict import load as load_predictor
 from fincompress.scoring import caption, score, with_mib
 from fincompress.stages.distill import robustness
@@ -135,9 +135,8 @@ def prune_round(cfg, model, phrasebank, targets, heads_total, neurons_total) -> 
         batches = batches[:max(1, cfg.prune.importance_sentences // phrasebank.batch_size)]
     head_scores, neuron_scores = gate_importance(model, batches)
     if cfg.prune.importance == "entropy":  # diffuse heads go first
-        model.set_attn_implementation("eager")
-        head_scores = -attention_entropy(model, batches)
-        model.set_attn_implementation("sdpa")
+        with attention_implementation(model, "eager"):  # the maps are needed
+            head_scores = -attention_entropy(model, batches)
     removed = {"heads": {}, "ffn_neurons": 0}
     if heads_to_remove > 0:
         kept = pruning_record(model)["kept_heads"]
