@@ -201,8 +201,9 @@ class OpenVINOPredictor(Predictor):
 
 # ONNX Runtime's fused residual-add + LayerNorm kernel (SkipLayerNormalization) took 2.1 ms a
 # node where its LayerNormalization took 0.25 (two-layer MiniLM, batch 32, 2 threads). Without
-# the fusion, the INT8 student ran 1.16-1.19x faster on an AVX2-only AMD EPYC and 1.22x on an
-# AVX-512/AMX Xeon, with the same labels (README "INT8 artifacts").
+# the fusion the INT8 student ran 1.14-1.23x faster, on an AVX2-only AMD EPYC and on an
+# AVX-512/AMX Xeon alike, with the same labels (scripts/onnx_runtime_forms.py; README
+# "Compression").
 ORT_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 

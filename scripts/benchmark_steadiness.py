@@ -27,6 +27,23 @@ from pathlib import Path
 LABELS = ["negative", "neutral", "positive"]
 
 
+def pruned_student(layers: int, heads_share: float, ffn_share: float):
+    """MiniLM-L6 cut to ``layers`` layers, the given shares of each layer's heads and FFN
+    neurons removed (the last ones; untrained head): the frontier's pruned shape."""
+    from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads
+    from fincompress.models.sources import load_classifier
+
+    student, tokenizer = load_classifier("bundled:minilm-l6", LABELS,
+                                         config_overrides={"num_hidden_layers": layers})
+    parts = layer_parts(student)
+    heads, neurons = student.config.num_attention_heads, student.config.intermediate_size
+    prune_heads(student, {i: list(range(round(heads * (1 - heads_share)), heads))
+                          for i in range(len(parts))})
+    prune_ffn(student, {i: list(range(round(neurons * (1 - ffn_share)), neurons))
+                        for i in range(len(parts))})
+    return student, tokenizer
+
+
 def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_share: float,
               backends: list[str]) -> dict[str, Path]:
     """The teacher and the student in fp32 and in each backend's INT8 (``teacher_int8_openvino``
@@ -35,7 +52,6 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_s
 
     from fincompress.artifacts import save_model_folder, write_checkpoint_info
     from fincompress.cli import compose_config, training_sentences
-    from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads
     from fincompress.config_checks import trusted_targets
     from fincompress.files import atomic_folder
     from fincompress.models.sources import load_classifier
@@ -50,18 +66,8 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_s
     if all(path.is_dir() for path in paths.values()):
         return paths
 
-    def pruned_student():
-        student, tokenizer = load_classifier("bundled:minilm-l6", LABELS,
-                                             config_overrides={"num_hidden_layers": layers})
-        parts = layer_parts(student)
-        heads, neurons = student.config.num_attention_heads, student.config.intermediate_size
-        prune_heads(student, {i: list(range(round(heads * (1 - heads_share)), heads))
-                              for i in range(len(parts))})
-        prune_ffn(student, {i: list(range(round(neurons * (1 - ffn_share)), neurons))
-                            for i in range(len(parts))})
-        return student, tokenizer
-
-    makers = {"teacher": lambda: load_classifier(teacher, LABELS), "student": pruned_student}
+    makers = {"teacher": lambda: load_classifier(teacher, LABELS),
+              "student": lambda: pruned_student(layers, heads_share, ffn_share)}
     calibration = training_sentences(300)
     for name, make in makers.items():
         info = {"stage": "stand-in", "labels": LABELS, "note": "untrained weights, for timing"}

@@ -232,3 +232,33 @@ def test_the_steadiness_script_times_pruned_stand_ins_in_both_round_settings(tmp
             assert run[f"{model}_int8"] == max(forms, key=forms.get)
         passes = rows["student_int8_openvino"]["timing_passes"]
         assert passes == 2 if run["min_round_s"] == 0 else passes > 2
+
+
+@pytest.mark.slow(budget_s=240)  # one stand-in exported to ONNX INT8 twice
+def test_the_onnx_runtime_forms_script_times_both_exports_with_and_without_the_fusion(
+        tmp_path, data_dir):
+    import subprocess
+    import sys
+
+    import onnx
+
+    from .conftest import ROOT
+
+    output = tmp_path / "forms"
+    command = [sys.executable, "scripts/onnx_runtime_forms.py", "--output", str(output),
+               "--layers", "1", "--prune", "0.5,0.5", "--rounds", "2", "--min-round-s", "0"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=220)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((output / "forms.json").read_text())
+    rows = {row["form"]: row for row in saved["rows"]}
+    assert set(rows) == {f"{attention}, {fusion} SkipLayerNorm" for attention in ("sdpa", "eager")
+                         for fusion in ("fused", "unfused")}
+    assert saved["sentences"] > 300  # the PhraseBank test split
+    for row in rows.values():
+        assert len(row["rounds_per_s"]) == 2 and row["median_per_s"] > 0
+        # the same model in every form: the same labels, logits within INT8 noise
+        assert row["agreement_with_before"] >= 0.99 and row["max_logit_difference"] < 0.05
+    ops = {attention: {node.op_type for node in
+                       onnx.load(output / f"int8_{attention}" / "model.onnx").graph.node}
+           for attention in ("sdpa", "eager")}
+    assert "IsNaN" in ops["sdpa"] and "IsNaN" not in ops["eager"]  # the two exports differ

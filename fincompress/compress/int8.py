@@ -7,8 +7,9 @@ attention mask always passed) and quantizes it with NNCF's static post-training 
 (``model_type=TRANSFORMER``, calibration one sentence at a time). On a CPU without VNNI, NNCF's
 overflow fix is on (``overflow_fix: auto``), since 8-bit multiply-add without VNNI can saturate.
 ``ONNXRuntimeBackend`` exports an ONNX graph (``torch.onnx.export`` with ``dynamo=True``, one
-file, attention as plain matrix products) and quantizes its weights to INT8 with ONNX Runtime's
-dynamic quantization (activations are quantized at run time, so no calibration set is needed).
+file, attention as plain matrix products unless ``attention: sdpa``) and quantizes its weights
+to INT8 with ONNX Runtime's dynamic quantization (activations are quantized at run time, so no
+calibration set is needed).
 
 ``int8: false`` exports the fp32 artifact of either engine, for comparing engines.
 """
@@ -181,9 +182,13 @@ class ONNXRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, int8: bool = True, per_channel: bool = False, mode: str = "dynamic",
-                 subset_size: int = 300, static_ops: tuple[str, ...] = ("MatMul", "Gemm")):
+                 subset_size: int = 300, static_ops: tuple[str, ...] = ("MatMul", "Gemm"),
+                 attention: str = "eager"):
         if mode not in ("dynamic", "static"):
             raise ValueError(f"ONNX Runtime INT8 mode must be dynamic or static, got {mode!r}")
+        if attention not in ("eager", "sdpa"):
+            raise ValueError(f"attention must be eager or sdpa, got {attention!r}")
+        self.attention = attention
         self.int8 = int8
         self.per_channel = per_channel
         self.mode = mode
@@ -210,10 +215,10 @@ class ONNXRuntimeBackend:
         folder.mkdir(parents=True, exist_ok=True)
         exported = folder / "exported.onnx"
         batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
-        # attention exported as plain matrix products: 8% faster in ONNX Runtime than SDPA's
-        # graph, whose mask handling adds IsNaN and Where nodes (two-layer MiniLM, INT8,
-        # batch 32; see README "INT8 artifacts")
-        with warnings.catch_warnings(), torch.no_grad(), attention_implementation(model, "eager"):
+        # eager (the default): attention as plain matrix products, without the IsNaN and Where
+        # nodes of SDPA's mask handling (scripts/onnx_runtime_forms.py times both)
+        with (warnings.catch_warnings(), torch.no_grad(),
+              attention_implementation(model, self.attention)):
             warnings.simplefilter("ignore")  # the exporter's notes on renamed dynamic dimensions
             torch.onnx.export(_Logits(model), (example["input_ids"], example["attention_mask"]),
                               exported, dynamo=True, external_data=False,
@@ -221,7 +226,7 @@ class ONNXRuntimeBackend:
                               output_names=["logits"],
                               dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}))
         record = {"engine": "onnxruntime", "int8": self.int8, "onnxruntime": onnxruntime.__version__,
-                  "onnx": onnx.__version__}
+                  "onnx": onnx.__version__, "attention": self.attention}
         if self.int8:
             # the exporter's shape annotations disagree with ONNX's own shape inference on some
             # weights, which stops the quantizer; they are dropped and inferred again
