@@ -227,15 +227,14 @@ class ONNXRuntimeBackend:
                               dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}))
         record = {"engine": "onnxruntime", "int8": self.int8, "onnxruntime": onnxruntime.__version__,
                   "onnx": onnx.__version__, "attention": self.attention}
-        # the exporter's notes on every node (stack traces with this machine's paths, module
-        # names: 0.4 MB on a 4-layer model 32 wide) are left out of the artifact
+        # left out of the artifact: the exporter's notes on every node (stack traces with this
+        # machine's paths, module names: 0.4 MB on a 4-layer model 32 wide), and its shape
+        # annotations, which disagree with ONNX's own shape inference on some weights and stop
+        # the quantizer (ONNX Runtime infers them again)
         graph = onnx.load(exported)
         for node in graph.graph.node:
             del node.metadata_props[:]
-        if self.int8:
-            # the exporter's shape annotations disagree with ONNX's own shape inference on some
-            # weights, which stops the quantizer; they are dropped and inferred again
-            del graph.graph.value_info[:]
+        del graph.graph.value_info[:]
         onnx.save(graph, exported)
         if self.int8:
             prepared = folder / "prepared.onnx"
