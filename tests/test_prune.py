@@ -15,6 +15,8 @@ from fincompress.compress.prune import (
 )
 from fincompress.models.sources import count_parameters, load_classifier
 
+from .conftest import TINY
+
 HEADS, HEAD_SIZE, LAYERS, FFN, HIDDEN = 4, 8, 3, 48, 32
 
 
@@ -115,9 +117,8 @@ def test_pruning_errors_name_the_problem():
         prune_heads(albert, {0: [0]})
 
 
-PRUNE_TINY = ["+experiment=prune", "teacher=tiny_random", "data.max_per_split=48",
-              "trainer.max_epochs=1", "prune.rounds=2", "prune.heads=0.5", "prune.ffn=0.25",
-              "prune.timing_repeats=1", "prune.ffn_multiple=1", "benchmark.min_round_s=0"]
+PRUNE_TINY = ["+experiment=prune", *TINY, "prune.rounds=2", "prune.heads=0.5", "prune.ffn=0.25",
+              "prune.timing_repeats=1", "prune.ffn_multiple=1"]
 
 
 def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monkeypatch):
