@@ -199,12 +199,29 @@ class OpenVINOPredictor(Predictor):
         return self.compiled({"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
-# ONNX Runtime's fused residual-add + LayerNorm kernel (SkipLayerNormalization) took 2.1 ms a
-# node where its LayerNormalization took 0.25 (two-layer MiniLM, batch 32, 2 threads). Without
-# the fusion the INT8 student ran 1.14-1.23x faster, on an AVX2-only AMD EPYC and on an
-# AVX-512/AMX Xeon alike, with the same labels (scripts/onnx_runtime_forms.py; README
-# "Compression").
+# ONNX Runtime's fused residual-add + LayerNorm kernel (SkipLayerNormalization) took 2.2 ms a
+# node of a batch where its LayerNormalization took 0.23-0.38 (two-layer MiniLM INT8, batch 32,
+# 2 threads). Without the fusion the student ran 1.14-1.23x faster, on an AVX2-only AMD EPYC
+# and on an AVX-512/AMX Xeon alike, with the same labels (scripts/onnx_runtime_forms.py
+# --profile; README "Compression").
 ORT_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
+
+
+def onnx_session(path: Path, threads: int | None = None,
+                 disabled_optimizers: list[str] = ORT_DISABLED_FUSIONS,
+                 profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session as the predictors open one (``threads`` default: PyTorch's
+    count, else the CPUs this process may use); ``profile_prefix``: ONNX Runtime's own profile
+    of every node, written to ``<prefix>_<time>.json`` when the session ends profiling."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=disabled_optimizers)
 
 
 class ONNXRuntimePredictor(Predictor):
@@ -214,16 +231,10 @@ class ONNXRuntimePredictor(Predictor):
     inference_precision = "f32"  # the float parts of a dynamic INT8 graph run in fp32
 
     def __init__(self, folder: str | Path, labels: list[str], threads: int | None = None):
-        import onnxruntime
-
         self.folder = Path(folder)
         self.labels = list(labels)
         self.tokenizer = SavedTokenizer(self.folder)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        self.session = onnxruntime.InferenceSession(str(self.folder / "model.onnx"), options,
-                                                    providers=["CPUExecutionProvider"],
-                                                    disabled_optimizers=ORT_DISABLED_FUSIONS)
+        self.session = onnx_session(self.folder / "model.onnx", threads)
 
     def run(self, input_ids, attention_mask):
         return self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]

@@ -4,44 +4,62 @@ run with and without ONNX Runtime's SkipLayerNormalization fusion (``fincompress
 turns it off).
 
     python scripts/onnx_runtime_forms.py --output outputs/ort_forms [--model FOLDER] \\
-        [--rounds 6] [--min-round-s 1] [--layers 2] [--prune 0.67,0.75]
+        [--rounds 6] [--min-round-s 1] [--layers 2] [--prune 0.67,0.75] [--profile]
 
 ``--model``: a model folder (a trained student); without it, the frontier's pruned two-layer
 shape with untrained weights (as ``benchmark_steadiness.py`` builds it). Exports already in
-``--output`` are reused. Each form runs the
-PhraseBank test split at batch 32, sorted by length as the benchmark's ``throughput_sorted``,
-for at least ``--min-round-s`` a round; the forms take turns, round after round. Prints each
-form's median sentences/s, its speed-up over ``sdpa`` with the fusion (what the project did
-before), and its labels' agreement with that form; writes ``forms.json`` to ``--output``.
+``--output`` are reused. Each form runs the PhraseBank test split at batch 32, the sentences
+sorted by their length in characters, for at least ``--min-round-s`` a round; the forms take
+turns, round after round. Prints each form's median sentences/s, its speed-up over ``sdpa``
+with the fusion (what the project did before), and its labels' agreement with that form; with
+``--profile``, ONNX Runtime's own profile of one more pass of each form (kernel time and nodes
+by op type, in separate sessions). Writes ``forms.json`` to ``--output``.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 from benchmark_steadiness import LABELS, pruned_student
 
 
-def sessions(folders: dict[str, Path], threads: int) -> dict:
-    """Each export with and without the SkipLayerNormalization fusion."""
-    import onnxruntime
-
-    from fincompress.predict import ORT_DISABLED_FUSIONS
+def sessions(folders: dict[str, Path], threads: int, profile_dir: Path | None = None) -> dict:
+    """Each export with and without the SkipLayerNormalization fusion (profiled, with
+    ``profile_dir``)."""
+    from fincompress.predict import ORT_DISABLED_FUSIONS, onnx_session
 
     forms = {}
     for attention, folder in folders.items():
         for fused in (True, False):
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            forms[f"{attention}, {'fused' if fused else 'unfused'} SkipLayerNorm"] = (
-                onnxruntime.InferenceSession(str(folder / "model.onnx"), options,
-                                             providers=["CPUExecutionProvider"],
-                                             disabled_optimizers=[] if fused
-                                             else ORT_DISABLED_FUSIONS))
+            name = f"{attention}, {'fused' if fused else 'unfused'} SkipLayerNorm"
+            prefix = (str(profile_dir / f"{attention}_{'fused' if fused else 'unfused'}")
+                      if profile_dir else None)
+            forms[name] = onnx_session(folder / "model.onnx", threads,
+                                       [] if fused else ORT_DISABLED_FUSIONS, prefix)
     return forms
+
+
+def op_times(session, feeds: list[dict]) -> list[dict]:
+    """One profiled pass over ``feeds``: each op type's kernel time per batch and its share."""
+    import json
+    from collections import Counter
+
+    for feed in feeds:
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    micros, calls = Counter(), Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            micros[event["args"]["op_name"]] += event["dur"]
+            calls[event["args"]["op_name"]] += 1
+    total = sum(micros.values())
+    return [{"op": op, "nodes": round(calls[op] / len(feeds)),
+             "ms_per_batch": round(us / len(feeds) / 1000, 2), "share": round(us / total, 3)}
+            for op, us in micros.most_common(6)]
 
 
 def main() -> None:
@@ -52,6 +70,8 @@ def main() -> None:
     parser.add_argument("--min-round-s", type=float, default=1.0)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--prune", default="0.67,0.75", help="HEADS,FFN shares removed")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one pass of each form: kernel time by op type")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
@@ -87,6 +107,11 @@ def main() -> None:
              for i in range(0, len(texts), 32)]
     threads = default_threads()
     forms = sessions(folders, threads)
+    profiles = {}
+    if args.profile:  # separate sessions: profiling slows the timed ones
+        with tempfile.TemporaryDirectory() as folder:
+            profiles = {name: op_times(session, feeds) for name, session in
+                        sessions(folders, threads, Path(folder)).items()}
     before = next(iter(forms))  # sdpa with the fusion: the export and session used until now
     logits = {name: np.concatenate([s.run(None, feed)[0] for feed in feeds])
               for name, s in forms.items()}
@@ -107,10 +132,15 @@ def main() -> None:
                "agreement_with_before": float((logits[name].argmax(-1)
                                                == logits[before].argmax(-1)).mean()),
                "max_logit_difference": float(np.abs(logits[name] - logits[before]).max())}
+        if name in profiles:
+            row["kernel_time_by_op"] = profiles[name]
         rows.append(row)
         print(f"{name}: {row['median_per_s']:,.0f} sentences/s (median of {args.rounds}), "
               f"{row['x_before']:.2f}x {before}; labels agree {row['agreement_with_before']:.3f}",
               flush=True)
+        for op in row.get("kernel_time_by_op", []):
+            print(f"    {op['op']} ({op['nodes']} nodes): {op['ms_per_batch']:.2f} ms a batch "
+                  f"({op['share']:.1%})")
     write_json({"machine": machine_record("32-true", "ONNX Runtime forms"), "threads": threads,
                 "model": args.model or f"stand-in: {args.layers} layers, pruned {args.prune}",
                 "sentences": len(texts), "rows": rows}, args.output / "forms.json")

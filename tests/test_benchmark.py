@@ -246,7 +246,8 @@ def test_the_onnx_runtime_forms_script_times_both_exports_with_and_without_the_f
 
     output = tmp_path / "forms"
     command = [sys.executable, "scripts/onnx_runtime_forms.py", "--output", str(output),
-               "--layers", "1", "--prune", "0.5,0.5", "--rounds", "2", "--min-round-s", "0"]
+               "--layers", "1", "--prune", "0.5,0.5", "--rounds", "2", "--min-round-s", "0",
+               "--profile"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=220)
     assert result.returncode == 0, result.stderr[-2000:]
     saved = json.loads((output / "forms.json").read_text())
@@ -258,6 +259,10 @@ def test_the_onnx_runtime_forms_script_times_both_exports_with_and_without_the_f
         assert len(row["rounds_per_s"]) == 2 and row["median_per_s"] > 0
         # the same model in every form: the same labels, logits within INT8 noise
         assert row["agreement_with_before"] >= 0.99 and row["max_logit_difference"] < 0.05
+        ops = {op["op"] for op in row["kernel_time_by_op"]}  # ONNX Runtime's own profile
+        assert ops and 0 < sum(op["share"] for op in row["kernel_time_by_op"]) <= 1
+        if "unfused" in row["form"]:  # the session really runs without the fused kernel
+            assert "SkipLayerNormalization" not in ops
     ops = {attention: {node.op_type for node in
                        onnx.load(output / f"int8_{attention}" / "model.onnx").graph.node}
            for attention in ("sdpa", "eager")}
