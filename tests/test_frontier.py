@@ -89,6 +89,22 @@ def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
     assert set(forms) == {"torch fp32", "onnxruntime int8"} and forms["torch fp32"]["agreement"] == 1
     faithful = [name for name, row in forms.items() if row["agreement"] >= 0.995]
     assert form == max(faithful, key=lambda name: forms[name]["throughput_sorted"])
+    assert not record["reused"]
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the stored choice was measured again")
+
+    # the choice is stored: another worker on this kind of machine reads it without timing
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pseudo_label_module, "score", no_timing)
+        again = choose()
+        assert again[:3] == (form, folder, precision) and again[3]["reused"]
+        assert again[3]["forms"] == forms and again[3]["stored"] == record["stored"]
+        # another machine (here: another thread count) measures for itself
+        with pytest.raises(AssertionError, match="measured again"):
+            pseudo_label_module.fastest_faithful_teacher(
+                cfg, teacher_dir, [row.text for row in split.splits["train"][:32]],
+                tmp_path / "split" / "val.csv", {"precision": "32-true", "torch_threads": 1})
     corpus = NewsCorpus(["Profit rose strongly this year .", "Sales fell .", "Costs were flat ."])
     rule = labelling_rule(cfg)
 

@@ -33,7 +33,7 @@ from fincompress.data.news import NewsCorpus
 from fincompress.files import write_json
 from fincompress.predict import TorchPredictor, load
 from fincompress.scoring import score
-from fincompress.stages.quantize import export_int8
+from fincompress.stages.quantize import export_int8, int8_inputs
 from fincompress.store import ensure_stage, folder_fingerprint, stored
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,12 @@ def pseudo_label_inputs(teacher_dir: str | Path, corpus: NewsCorpus, labels: lis
             "max_length": max_length, "precision": precision}
 
 
+# what decides which teacher form is fastest and faithful on a machine (beside the teacher,
+# the validation split and the candidate forms): the CPU, and which PyTorch uses it and how
+MACHINE_FIELDS = ("cpu", "isa", "onednn_max_cpu_isa", "torch", "torch_cpu_capability",
+                  "torch_threads", "precision")
+
+
 def fastest_faithful_teacher(cfg, teacher_dir: Path, calibration: list[str], val_file: Path,
                              machine: dict) -> tuple[str, Path, str, dict]:
     """The teacher's fastest form on this machine whose labels agree with its fp32 PyTorch form
@@ -72,26 +78,51 @@ def fastest_faithful_teacher(cfg, teacher_dir: Path, calibration: list[str], val
     fp32, bf16 where native, and INT8 through each of ``quantize.backends`` (built once,
     calibrated on ``calibration``), timed side by side at batch 32.
 
+    The measurement is a stored stage (``label_form``) keyed by the teacher, the validation
+    split, the candidate forms, the rule and the machine (:data:`MACHINE_FIELDS`): label
+    workers on one kind of machine measure once, one at a time under the store's lock (so no
+    worker's timing shares the cores with another's), and the others read the choice.
+
     Returns the form's name, its folder, its PyTorch precision, and every form's measurement.
     """
-    forms = {"torch fp32": (Path(teacher_dir), "32-true")}
-    if machine["precision"] == "bf16-mixed":
-        forms["torch bf16"] = (Path(teacher_dir), "bf16-mixed")
-    for backend in cfg.quantize.backends:
-        forms[f"{backend} int8"] = (export_int8(cfg, backend, Path(teacher_dir), calibration,
-                                                machine), "32-true")
-    rows = score(forms, list(cfg.data.labels), val_file, machine,
-                 repeats=cfg.quantize.timing_repeats,
-                 min_round_s=cfg.benchmark.min_round_s)["models"]
-    measured = {name: {"agreement": row["agreement_with_teacher"],
-                       "throughput_sorted": row["throughput_sorted"]}
-                for name, row in zip(forms, rows)}
-    faithful = [name for name, row in measured.items()
-                if row["agreement"] >= cfg.distill.pseudo_label.min_agreement]
-    chosen = max(faithful, key=lambda name: measured[name]["throughput_sorted"])
-    log.info("labelling with the teacher's %s form: %s", chosen, json.dumps(measured))
-    return chosen, *forms[chosen], {"min_agreement": cfg.distill.pseudo_label.min_agreement,
-                                    "forms": measured, "chosen": chosen}
+    backends = list(cfg.quantize.backends)
+    inputs = {"teacher_fingerprint": folder_fingerprint(teacher_dir),
+              "validation": hashlib.sha256(Path(val_file).read_bytes()).hexdigest()[:16],
+              "int8": {name: int8_inputs(cfg, name, Path(teacher_dir)) for name in backends},
+              "min_agreement": cfg.distill.pseudo_label.min_agreement,
+              "timing": {"repeats": cfg.quantize.timing_repeats,
+                         "min_round_s": cfg.benchmark.min_round_s},
+              "machine": {name: machine.get(name) for name in MACHINE_FIELDS}}
+
+    def form_folder(name: str) -> tuple[Path, str]:
+        if name.startswith("torch "):
+            return Path(teacher_dir), "bf16-mixed" if name == "torch bf16" else "32-true"
+        return export_int8(cfg, name.removesuffix(" int8"), Path(teacher_dir), calibration,
+                           machine), "32-true"
+
+    def measure(staging: Path) -> None:
+        names = ["torch fp32", *(["torch bf16"] if machine["precision"] == "bf16-mixed" else []),
+                 *(f"{backend} int8" for backend in backends)]
+        forms = {name: form_folder(name) for name in names}
+        rows = score(forms, list(cfg.data.labels), val_file, machine,
+                     repeats=cfg.quantize.timing_repeats,
+                     min_round_s=cfg.benchmark.min_round_s)["models"]
+        measured = {name: {"agreement": row["agreement_with_teacher"],
+                           "throughput_sorted": row["throughput_sorted"]}
+                    for name, row in zip(forms, rows)}
+        faithful = [name for name, row in measured.items()
+                    if row["agreement"] >= cfg.distill.pseudo_label.min_agreement]
+        chosen = max(faithful, key=lambda name: measured[name]["throughput_sorted"])
+        write_json({"min_agreement": cfg.distill.pseudo_label.min_agreement, "forms": measured,
+                    "chosen": chosen}, staging / "choice.json")
+
+    folder, reused = ensure_stage(cfg.paths.output_root, "label_form", inputs, measure)
+    record = {**json.loads((folder / "choice.json").read_text()), "stored": str(folder),
+              "reused": reused}
+    log.info("labelling with the teacher's %s form (%s): %s", record["chosen"],
+             "measured earlier on this kind of machine" if reused else "measured here",
+             json.dumps(record["forms"]))
+    return record["chosen"], *form_folder(record["chosen"]), record
 
 
 def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str | Path,
