@@ -120,6 +120,13 @@ def test_the_fastest_faithful_form_labels_and_says_why(teacher_dir, tmp_path):
     assert report["labeller"]["chosen"] == form and report["precision"] == rule
     assert report["labelled"] == 3 and report["labelling_sentences_per_s"] > 0
     assert report["choosing_form_s"] >= 3 > report["labelling_s"]
+    # in shards too, the choice is not counted as any shard's labelling
+    more = NewsCorpus(["Margins widened .", "Debt was cut .", "The dividend was suspended ."])
+    pseudo_label_module.pseudo_label(teacher_dir, more, tmp_path, LABELS, precision=rule,
+                                     labeller=slow_choice, shard_size=2)
+    shards = [json.loads(path.read_text()) for path in
+              (tmp_path / "stages" / "pseudo_label_shards").glob("[!.]*/report.json")]
+    assert len(shards) == 2 and all(shard["labelling_s"] < 3 for shard in shards)
     # a stricter rule is another store key; the torch engine needs no rule
     assert labelling_rule(compose_config([*TINY], tmp_path)) is None
     with pytest.raises(ValueError, match="engine must be torch or fastest, got 'int8'"):

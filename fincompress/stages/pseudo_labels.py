@@ -187,6 +187,7 @@ def pseudo_label(teacher_dir: str | Path, corpus: NewsCorpus, output_root: str |
     def label_missing(missing: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         clock = time.perf_counter()
         try:
+            predictor()  # loaded (and chosen) first: a shard's time is its labelling alone
             if shard_size:
                 return label_in_shards(
                     output_root, inputs, [corpus.sentences[i] for i in missing], shard_size,
