@@ -3,7 +3,6 @@ headless browser (Debian's chromium through Playwright), which saves a screensho
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import pytest
 
 import fincompress
 
-from .conftest import ROOT, save_tiny_classifier
+from .conftest import ROOT, browser, save_tiny_classifier
 
-BROWSER = "/usr/bin/chromium"
 TEXT = "Net sales fell 12 % as demand weakened ."
 
 
@@ -85,12 +83,12 @@ def test_demo_http_api_gives_both_models_answers(demo_url, tiny_classifier, othe
 
 
 def test_demo_in_a_headless_browser(demo_url, tiny_classifier, other_classifier, tmp_path):
-    assert shutil.which(BROWSER), f"{BROWSER} is missing: apt-get install chromium (see .ci/run)"
+    path = browser()
     shot = tmp_path / "demo.png"
     upload = tmp_path / "news.csv"
     upload.write_text("id,text\n17,Profit rose .\n18,Sales fell sharply .\n")
     result = subprocess.run([sys.executable, "scripts/demo_browser.py", demo_url, "--text", TEXT,
-                             "--screenshot", str(shot), "--browser", BROWSER,
+                             "--screenshot", str(shot), "--browser", path,
                              "--upload", str(upload)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})

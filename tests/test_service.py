@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 import fincompress
 from fincompress.service import create_app
 
-from .conftest import ROOT
+from .conftest import ROOT, browser
 
 TEXTS = ["Operating profit rose to EUR 13.1 mn .", "Sales fell 10 % .", "The board met ."]
 
@@ -204,7 +204,8 @@ def test_one_bad_request_among_twenty_concurrent_good_ones_touches_none_of_them(
         # the docs page in a real browser, every request for another host refused
         shot = tmp_path / "docs.png"
         browsed = subprocess.run([sys.executable, "scripts/demo_browser.py", f"{url}/docs",
-                                  "--swagger", "--screenshot", str(shot)], cwd=ROOT,
+                                  "--swagger", "--screenshot", str(shot),
+                                  "--browser", browser()], cwd=ROOT,
                                  capture_output=True, text=True, timeout=300)
         assert browsed.returncode == 0, browsed.stderr[-3000:]
         docs = json.loads(browsed.stdout)
