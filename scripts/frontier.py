@@ -396,4 +396,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C
+        print("[frontier] stopped; the runs that finished are kept, and the same command "
+              "resumes from the run that was running", file=sys.stderr)
+        sys.exit(130)

@@ -199,4 +199,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: the stage in progress stopped with it, and is not recorded
+        print("[reproduce] stopped; stages.json keeps the stages that finished, and the same "
+              "command resumes from the stage that was running", file=sys.stderr)
+        sys.exit(130)

@@ -235,4 +235,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C
+        print("[study] stopped; the jobs that finished are kept, and the same command runs "
+              "only what is missing", file=sys.stderr)
+        sys.exit(130)

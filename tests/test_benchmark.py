@@ -166,9 +166,10 @@ def test_benchmark_experiment_writes_tables_and_plot(tmp_path, data_dir):
         assert (run / name).stat().st_size > 0
     teacher = result["models"][0]["dir"]
     again = run_benchmark(compose_config([*overrides, f"benchmark.artifacts={{a:{teacher},b:{teacher}}}",
-                                          "benchmark.reference_precisions=false"], tmp_path))
-    assert [row["model"] for row in again["models"]] == ["a", "b"]
-    assert again["models"][1]["agreement_with_teacher"] == 1  # the same model twice
+                                          "benchmark.reference_int8=false"], tmp_path))
+    # without INT8 exports the reference keeps its bf16 form where that is native
+    assert [row["model"] for row in again["models"]] == ["a", *(["a (bf16)"] if bf16 else []), "b"]
+    assert again["models"][-1]["agreement_with_teacher"] == 1  # the same model twice
     with pytest.raises(FileNotFoundError, match="benchmark.artifacts.x: nowhere is not a folder"):
         run_benchmark(compose_config([*overrides, "benchmark.artifacts={x:nowhere}"], tmp_path))
 
@@ -230,6 +231,11 @@ def test_the_steadiness_script_times_pruned_stand_ins_in_both_round_settings(tmp
             forms = {name: row["throughput_sorted"] for name, row in rows.items()
                      if name.startswith(f"{model}_int8_")}
             assert run[f"{model}_int8"] == max(forms, key=forms.get)
+        # the teacher in its best PyTorch precision too (bf16 where native), no INT8 of its own
+        # beyond the stand-ins
+        assert ("teacher (bf16)" in rows) == (saved["machine"]["precision"] == "bf16-mixed")
+        assert not [name for name in rows if name.startswith("teacher (int8")]
+        assert run["x_teacher_best_torch"] <= run["x_teacher_fp32"]
         passes = rows["student_int8_openvino"]["timing_passes"]
         assert passes == 2 if run["min_round_s"] == 0 else passes > 2
 

@@ -2,10 +2,13 @@
 report is written from the stages' files, and a rerun resumes instead of retraining."""
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,6 +96,25 @@ def test_a_tiny_reproduction_of_two_stages_writes_the_report_and_the_readme(tmp_
     refused = subprocess.run([*command[:5], "ptq", *command[6:]], cwd=ROOT, capture_output=True,
                              text=True, timeout=120)
     assert refused.returncode == 2 and "holds teacher" in refused.stderr
+
+
+def test_ctrl_c_stops_the_reproduction_with_a_resume_hint_and_no_traceback(tmp_path, data_dir):
+    command = [sys.executable, "scripts/reproduce.py", "--name", "tiny", "--stages", "teacher",
+               "--output-root", str(tmp_path), "--", *TINY_STUDY]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        assert process.stdout.readline().startswith("[reproduce] teacher: ")  # the stage runs
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's process group
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "the same command resumes" in err
+    stages = tmp_path / "reproduce" / "tiny" / "stages.json"
+    assert not stages.exists() or "teacher" not in json.loads(stages.read_text())
 
 
 def test_pareto_claim_names_models_that_beat_every_published_row():

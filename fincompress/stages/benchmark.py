@@ -83,8 +83,9 @@ def run_benchmark(cfg: DictConfig) -> dict:
 def in_every_precision(cfg: DictConfig, runs: dict, published: dict, calibration: list[str],
                        machine: dict, output_dir: Path) -> tuple[dict, dict]:
     """``runs`` with every reference (the first artifact, if a PyTorch folder, and each
-    published architecture) also in bf16 (where native) and in INT8 through the backend chosen
-    here; returns the runs and, per row name, the reference it is a form of."""
+    published architecture) also in bf16 (where native) and, unless ``benchmark.reference_int8``
+    is false, in INT8 through the backend chosen here; returns the runs and, per row name, the
+    reference it is a form of."""
     first = next(iter(runs))
     expanded, references = {}, {}
     for name, (folder, precision) in runs.items():
@@ -98,6 +99,8 @@ def in_every_precision(cfg: DictConfig, runs: dict, published: dict, calibration
         if machine["precision"] == "bf16-mixed":
             expanded[f"{name} (bf16)"] = (folder, "bf16-mixed")
             references[f"{name} (bf16)"] = name
+        if not cfg.benchmark.reference_int8:
+            continue
         artifacts = {backend: export_int8(cfg, backend, folder, calibration, machine)
                      for backend in cfg.benchmark.int8_backends}
         chosen, _ = choose_backend(cfg, folder, artifacts, list(cfg.data.labels),
