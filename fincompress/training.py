@@ -308,6 +308,17 @@ def finetune(cfg: DictConfig, model, tokenizer, folder: Path, max_epochs: int | 
     return best_score(fit(stage, module, prefix="stage2", datamodule=phrasebank))
 
 
+def training_split_logits(model_dir: Path, labels: list[str], precision: str, phrasebank,
+                          description: str) -> torch.Tensor:
+    """The logits, shaped (sentences, labels), of the model in ``model_dir`` on the PhraseBank
+    training sentences in the split's order: what :func:`kd_finetune` learns from."""
+    from fincompress.predict import load
+
+    texts = [row.text for row in phrasebank.splits["train"]]
+    return torch.from_numpy(load(model_dir, labels, precision).logits(
+        texts, batch_size=64, description=description))
+
+
 def kd_finetune(cfg: DictConfig, settings: DictConfig, model, tokenizer, phrasebank,
                 logits: torch.Tensor, folder: Path, prefix: str) -> float | None:
     """Train ``model`` in place on the PhraseBank training sentences for ``settings.epochs``

@@ -270,6 +270,36 @@ def test_the_fresh_baseline_stops_once_validation_stops_improving(teacher_dir, t
         "beats_on_validation": True, "beats_on_test": False}
 
 
+def test_kd_in_stage_2_learns_from_the_teachers_logits(tmp_path, data_dir):
+    """``distill.stage2.kd``: stage 2 learns from the teacher's logits on the training sentences.
+    A teacher that calls every sentence negative, learnt from alone (alpha 1), makes the student
+    call the validation sentences negative; with the gold labels alone (the default) it does not,
+    since few of them are."""
+    from fincompress.training import choose_precision, finetune
+
+    from .conftest import save_tiny_classifier
+
+    teacher = save_tiny_classifier(tmp_path / "teacher", seed=0, label_bias=[20.0, 0.0, 0.0])
+    shares = {}
+    for kd in ("{temperature:1,alpha:1.0}", "null"):
+        cfg = compose_config(["+experiment=kd", *DISTILL_TINY, "student.stage2_epochs=4",
+                              "student.stage2_lr=1e-2", f"distill.stage2.kd={kd}"], tmp_path)
+        choose_precision(cfg)
+        model, tokenizer = instantiate(cfg.student.model)
+        folder = tmp_path / f"stage2_{kd}"
+        if cfg.distill.stage2.kd:
+            distill.kd_stage2(cfg, model, tokenizer, teacher, folder)
+        else:
+            finetune(cfg, model, tokenizer, folder)
+        val = read_split_file(folder / "split" / "val.csv")
+        logits = TorchPredictor(None, LABELS, "32-true", model, tokenizer).logits(
+            [row.text for row in val])
+        shares[kd] = float((logits.argmax(-1) == 0).mean())
+        gold_negative = sum(row.label == "negative" for row in val) / len(val)
+    assert gold_negative < 0.3
+    assert shares["{temperature:1,alpha:1.0}"] > 0.9 > 0.5 > shares["null"]
+
+
 def test_pseudo_label_cache_is_keyed_by_corpus(teacher_dir, tmp_path, monkeypatch):
     corpus = NewsCorpus(["Profit rose strongly this year .", "Sales fell ."])
     first = pseudo_label_module.pseudo_label(teacher_dir, corpus, tmp_path, LABELS)

@@ -126,10 +126,11 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monke
 
     from .conftest import compose_config
 
-    # the stage table times as the benchmark does: each model's passes fill a round
-    result = run_prune(compose_config([*PRUNE_TINY, "benchmark.min_round_s=0.05"], tmp_path))
+    # the stage table times as the benchmark does: each model's passes fill a round (0.3 s: with
+    # 0.05 s a pass of the tiny model outlasted the round while a training job shared the cores)
+    result = run_prune(compose_config([*PRUNE_TINY, "benchmark.min_round_s=0.3"], tmp_path))
     rows = result["models"]
-    assert result["min_round_s"] == 0.05 and min(r["timing_passes"] for r in rows) > 1
+    assert result["min_round_s"] == 0.3 and min(r["timing_passes"] for r in rows) > 1
     # the tiny teacher: 4 layers x 2 heads, FFN 64; half the heads and a quarter of the neurons
     assert [(r["heads"], r["ffn_neurons"]) for r in rows] == [(8, 256), (6, 224), (4, 192)]
     assert rows[0]["parameters"] > rows[1]["parameters"] > rows[2]["parameters"]
@@ -148,7 +149,7 @@ def test_prune_experiment_end_to_end_and_reuse(tmp_path, data_dir, capsys, monke
     def no_logits(*_):
         raise AssertionError("the source's logits were computed although every round is stored")
 
-    monkeypatch.setattr("fincompress.stages.prune.load_predictor", no_logits)
+    monkeypatch.setattr("fincompress.stages.prune.training_split_logits", no_logits)
     again = run_prune(compose_config(PRUNE_TINY, tmp_path))  # every round comes from the store
     assert [r["dir"] for r in again["models"]] == [r["dir"] for r in rows]
     assert "reusing pruning round 2" in capsys.readouterr().out

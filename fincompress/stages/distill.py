@@ -57,8 +57,10 @@ from fincompress.training import (
     choose_precision,
     finetune,
     fit,
+    kd_finetune,
     stage_config,
     trainer_settings,
+    training_split_logits,
 )
 
 # the scoring pass's batch (the side-by-side table's figures have always been scored so)
@@ -101,7 +103,10 @@ def run_distill(cfg: DictConfig) -> dict:
     timings["stage1_s"] = round(time.perf_counter() - clock, 1)
 
     clock = time.perf_counter()
-    best_val = finetune(cfg, model, tokenizer, output_dir / "stage2")
+    if cfg.method.stage1 and cfg.distill.stage2.kd:
+        best_val = kd_stage2(cfg, model, tokenizer, teacher_dir, output_dir / "stage2")
+    else:
+        best_val = finetune(cfg, model, tokenizer, output_dir / "stage2")
     timings["stage2_s"] = round(time.perf_counter() - clock, 1)
 
     fresh_dir = None
@@ -153,6 +158,24 @@ def run_distill(cfg: DictConfig) -> dict:
     print(side_by_side(result))
     return {"metrics": {f"test/{k}": v for k, v in result["student"].items()
                         if isinstance(v, float)}, **result}
+
+
+def kd_stage2(cfg: DictConfig, model, tokenizer, teacher_dir: Path, folder: Path) -> float | None:
+    """Stage 2 with the teacher (``distill.stage2.kd``): the distilled student fine-tuned on the
+    PhraseBank training sentences against the teacher's logits on them and their gold labels,
+    for the stage-2 epochs with its optimizer and schedule; the best epoch on validation kept
+    and its macro-F1 returned. Split files, checkpoints and logs go to ``folder``."""
+    stage2 = OmegaConf.to_container(cfg.distill.stage2, resolve=True)
+    if not isinstance(stage2["kd"], dict) or set(stage2["kd"]) != {"temperature", "alpha"}:
+        raise InputError(f"distill.stage2.kd={stage2['kd']}: give {{temperature: T, alpha: A}} "
+                         "(alpha on the teacher's soft labels, 1 - alpha on the gold ones) or null")
+    settings = OmegaConf.create({"epochs": stage2["max_epochs"], **stage2["kd"],
+                                 "optimizer": stage2["optimizer"], "scheduler": stage2["scheduler"]})
+    phrasebank = instantiate(stage_config(cfg, folder).data, tokenizer=tokenizer)
+    phrasebank.setup()
+    logits = training_split_logits(teacher_dir, list(cfg.data.labels), cfg.trainer.precision,
+                                   phrasebank, "teacher logits on the training split")
+    return kd_finetune(cfg, settings, model, tokenizer, phrasebank, logits, folder, prefix="stage2")
 
 
 DIAGNOSTIC_KEYS = ("acc", "f1_macro", "ece", "kl_teacher_student", "agreement_with_teacher",

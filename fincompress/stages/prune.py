@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,13 +24,18 @@ from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads, prun
 from fincompress.data.datamodule import data_settings
 from fincompress.files import write_json
 from fincompress.models.sources import attention_implementation, load_classifier
-from fincompress.predict import load as load_predictor
 from fincompress.scoring import caption, score, with_mib
 from fincompress.stages.distill import robustness
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.store import ensure_stage, folder_fingerprint
 from fincompress.tables import markdown_table
-from fincompress.training import choose_precision, kd_finetune, stage_config, trainer_settings
+from fincompress.training import (
+    choose_precision,
+    kd_finetune,
+    stage_config,
+    trainer_settings,
+    training_split_logits,
+)
 
 
 def check_targets(prune: DictConfig) -> None:
@@ -64,9 +68,8 @@ def run_prune(cfg: DictConfig) -> dict:
 
     def source_logits():
         if not cached:
-            texts = [row.text for row in phrasebank.splits["train"]]
-            cached.append(torch.from_numpy(load_predictor(source_dir, labels, cfg.trainer.precision).logits(
-                texts, batch_size=64, description="source logits on the training split")))
+            cached.append(training_split_logits(source_dir, labels, cfg.trainer.precision,
+                                                phrasebank, "source logits on the training split"))
         return cached[0]
 
     heads_total = source.config.num_hidden_layers * source.config.num_attention_heads

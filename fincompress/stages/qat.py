@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,12 +24,17 @@ from fincompress.data.datamodule import data_settings
 from fincompress.data.phrasebank import calibration_texts
 from fincompress.files import write_json
 from fincompress.models.sources import load_classifier
-from fincompress.predict import load as load_predictor
 from fincompress.scoring import score
 from fincompress.stages.quantize import export_int8, table
 from fincompress.stages.teacher import ensure_teacher
 from fincompress.store import ensure_stage, folder_fingerprint
-from fincompress.training import choose_precision, kd_finetune, stage_config, trainer_settings
+from fincompress.training import (
+    choose_precision,
+    kd_finetune,
+    stage_config,
+    trainer_settings,
+    training_split_logits,
+)
 
 # settings of the qat group that do not decide the model, or enter the key under their own name
 NOT_IN_KEY = ("source", "calibration_sentences", "overflow_fix", "timing_repeats",
@@ -68,9 +72,8 @@ def run_qat(cfg: DictConfig) -> dict:
                                     cfg.seed)
 
     def build(staging: Path) -> None:
-        texts = [row.text for row in phrasebank.splits["train"]]
-        logits = torch.from_numpy(load_predictor(teacher_dir, labels, cfg.trainer.precision).logits(
-            texts, batch_size=64, description="teacher logits on the training split"))
+        logits = training_split_logits(teacher_dir, labels, cfg.trainer.precision, phrasebank,
+                                       "teacher logits on the training split")
         model, _ = load_classifier(str(source_dir), labels)
         model, record = prepare(model, tokenizer, calibration, cfg.data.max_length,
                                 cfg.qat.overflow_fix)
