@@ -4,11 +4,14 @@ Every entry point (``train.py``, the ``fincompress`` command, the HTTP service) 
 :class:`InputError` as one ``error: ...`` line naming the bad file, line, field or value and
 what to do, without a Python traceback, and exits with status 2 (the service answers 4xx).
 The readers' own errors (a malformed PhraseBank line, a news file that is not its format, a
-folder that holds no model) are kinds of it.
+folder that holds no model) are kinds of it. A long script stopped with Ctrl-C says what it
+kept and how to resume instead (:func:`stop_on_ctrl_c`).
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -32,3 +35,14 @@ def read_utf8(path: str | Path) -> str:
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
         raise InputError(f"{path} line {line}, byte {column}: not valid UTF-8 "
                          f"(0x{data[error.start]:02x}); save the file as UTF-8") from None
+
+
+def stop_on_ctrl_c(main: Callable[[], None], message: str) -> None:
+    """Run a long script's ``main``; Ctrl-C ends it with ``message`` on stderr (what was kept,
+    how to resume) and exit status 130, not a traceback. The child process running then gets
+    the same Ctrl-C and stops too."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(message, file=sys.stderr)
+        sys.exit(130)

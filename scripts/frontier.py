@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from fincompress.errors import stop_on_ctrl_c
 from fincompress.stages.benchmark import artifacts_override
 from fincompress.tables import markdown_table
 
@@ -396,9 +397,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C
-        print("[frontier] stopped; the runs that finished are kept, and the same command "
-              "resumes from the run that was running", file=sys.stderr)
-        sys.exit(130)
+    stop_on_ctrl_c(main, "[frontier] stopped; the runs that finished are kept, and the same command "
+                   "resumes from the run that was running")

@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from fincompress.errors import stop_on_ctrl_c
 from fincompress.stages.benchmark import artifacts_override
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,9 +200,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C: the stage in progress stopped with it, and is not recorded
-        print("[reproduce] stopped; stages.json keeps the stages that finished, and the same "
-              "command resumes from the stage that was running", file=sys.stderr)
-        sys.exit(130)
+    stop_on_ctrl_c(main, "[reproduce] stopped; stages.json keeps the stages that finished, and the same "
+                   "command resumes from the stage that was running")

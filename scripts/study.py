@@ -32,6 +32,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fincompress.errors import stop_on_ctrl_c
 from fincompress.tables import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,9 +236,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C
-        print("[study] stopped; the jobs that finished are kept, and the same command runs "
-              "only what is missing", file=sys.stderr)
-        sys.exit(130)
+    stop_on_ctrl_c(main, "[study] stopped; the jobs that finished are kept, and the same command runs "
+                   "only what is missing")
