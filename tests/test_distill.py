@@ -17,6 +17,7 @@ from fincompress.data.datamodule import phrasebank_split
 from fincompress.data.news import NewsCorpus
 from fincompress.data.phrasebank import comparable, read_split_file
 from fincompress.distill.loss import build_loss
+from fincompress.errors import InputError
 from fincompress.metrics import diagnostics
 from fincompress.models.sources import load_classifier
 from fincompress.module import ClassifierModule
@@ -287,8 +288,9 @@ def test_kd_in_stage_2_learns_from_the_teachers_logits(tmp_path, data_dir):
         choose_precision(cfg)
         model, tokenizer = instantiate(cfg.student.model)
         folder = tmp_path / f"stage2_{kd}"
-        if cfg.distill.stage2.kd:
-            distill.kd_stage2(cfg, model, tokenizer, teacher, folder)
+        settings = distill.stage2_kd_settings(cfg)
+        if settings is not None:
+            distill.kd_stage2(cfg, settings, model, tokenizer, teacher, folder)
         else:
             finetune(cfg, model, tokenizer, folder)
         val = read_split_file(folder / "split" / "val.csv")
@@ -298,6 +300,12 @@ def test_kd_in_stage_2_learns_from_the_teachers_logits(tmp_path, data_dir):
         gold_negative = sum(row.label == "negative" for row in val) / len(val)
     assert gold_negative < 0.3
     assert shares["{temperature:1,alpha:1.0}"] > 0.9 > 0.5 > shares["null"]
+    # a malformed value is refused, naming it, before any work
+    cfg = compose_config(["+experiment=kd", *DISTILL_TINY, "distill.stage2.kd={temperature:2}",
+                          f"teacher_checkpoint={teacher}"], tmp_path / "refused")
+    with pytest.raises(InputError, match=r"distill.stage2.kd=\{'temperature': 2\}: give"):
+        run_distill(cfg)
+    assert not (tmp_path / "refused" / "stages").exists()
 
 
 def test_pseudo_label_cache_is_keyed_by_corpus(teacher_dir, tmp_path, monkeypatch):

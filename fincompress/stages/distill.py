@@ -78,6 +78,7 @@ class StudentMismatchError(InputError):
 def run_distill(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     machine = choose_precision(cfg)
+    stage2_kd = stage2_kd_settings(cfg)  # a malformed value is refused before any work
     labels = list(cfg.data.labels)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,8 +104,8 @@ def run_distill(cfg: DictConfig) -> dict:
     timings["stage1_s"] = round(time.perf_counter() - clock, 1)
 
     clock = time.perf_counter()
-    if cfg.method.stage1 and cfg.distill.stage2.kd:
-        best_val = kd_stage2(cfg, model, tokenizer, teacher_dir, output_dir / "stage2")
+    if stage2_kd is not None:
+        best_val = kd_stage2(cfg, stage2_kd, model, tokenizer, teacher_dir, output_dir / "stage2")
     else:
         best_val = finetune(cfg, model, tokenizer, output_dir / "stage2")
     timings["stage2_s"] = round(time.perf_counter() - clock, 1)
@@ -160,17 +161,26 @@ def run_distill(cfg: DictConfig) -> dict:
                         if isinstance(v, float)}, **result}
 
 
-def kd_stage2(cfg: DictConfig, model, tokenizer, teacher_dir: Path, folder: Path) -> float | None:
-    """Stage 2 with the teacher (``distill.stage2.kd``): the distilled student fine-tuned on the
-    PhraseBank training sentences against the teacher's logits on them and their gold labels,
-    for the stage-2 epochs with its optimizer and schedule; the best epoch on validation kept
-    and its macro-F1 returned. Split files, checkpoints and logs go to ``folder``."""
+def stage2_kd_settings(cfg: DictConfig) -> DictConfig | None:
+    """``distill.stage2.kd`` as :func:`fincompress.training.kd_finetune`'s settings, with the
+    stage-2 epochs, optimizer and schedule; None when it is off or the student has no stage 1
+    (the fresh baseline learns from the gold labels alone)."""
     stage2 = OmegaConf.to_container(cfg.distill.stage2, resolve=True)
+    if stage2["kd"] is None or not cfg.method.stage1:
+        return None
     if not isinstance(stage2["kd"], dict) or set(stage2["kd"]) != {"temperature", "alpha"}:
         raise InputError(f"distill.stage2.kd={stage2['kd']}: give {{temperature: T, alpha: A}} "
                          "(alpha on the teacher's soft labels, 1 - alpha on the gold ones) or null")
-    settings = OmegaConf.create({"epochs": stage2["max_epochs"], **stage2["kd"],
-                                 "optimizer": stage2["optimizer"], "scheduler": stage2["scheduler"]})
+    return OmegaConf.create({"epochs": stage2["max_epochs"], **stage2["kd"],
+                             "optimizer": stage2["optimizer"], "scheduler": stage2["scheduler"]})
+
+
+def kd_stage2(cfg: DictConfig, settings: DictConfig, model, tokenizer, teacher_dir: Path,
+              folder: Path) -> float | None:
+    """Stage 2 with the teacher (``distill.stage2.kd``, as :func:`stage2_kd_settings` reads
+    it): the distilled student fine-tuned on the PhraseBank training sentences against the
+    teacher's logits on them and their gold labels; the best epoch on validation kept and its
+    macro-F1 returned. Split files, checkpoints and logs go to ``folder``."""
     phrasebank = instantiate(stage_config(cfg, folder).data, tokenizer=tokenizer)
     phrasebank.setup()
     logits = training_split_logits(teacher_dir, list(cfg.data.labels), cfg.trainer.precision,
