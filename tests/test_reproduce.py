@@ -101,8 +101,12 @@ def test_a_tiny_reproduction_of_two_stages_writes_the_report_and_the_readme(tmp_
 def test_ctrl_c_stops_the_reproduction_with_a_resume_hint_and_no_traceback(tmp_path, data_dir):
     command = [sys.executable, "scripts/reproduce.py", "--name", "tiny", "--stages", "teacher",
                "--output-root", str(tmp_path), "--", *TINY_STUDY]
+    # with SIGINT's default action, as a terminal's foreground job has it: a shell starts
+    # background jobs (and so a suite run under nohup or &) with SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert process.stdout.readline().startswith("[reproduce] teacher: ")  # the stage runs
         time.sleep(1)
