@@ -1,8 +1,8 @@
 """How steady is the benchmark's speed-up of a small student over the teacher, run after run?
 
     python scripts/benchmark_steadiness.py --output outputs/steadiness [--runs 2] \\
-        [--min-round-s 0,1] [--teacher bundled:mpnet-base] [--layers 2] [--prune 0.67,0.75] \\
-        [--backends openvino,onnxruntime,onnxruntime_static]
+        [--min-round-s 0,1] [--teacher bundled:mpnet-base] [--student bundled:minilm-l6] \\
+        [--layers 2] [--prune 0.67,0.75] [--backends openvino,onnxruntime,onnxruntime_static]
 
 Builds stand-ins in the frontier's shapes, with weights that do not matter for timing (as the
 benchmark's published rows): the teacher (``--teacher``), and a MiniLM cut to ``--layers``
@@ -28,13 +28,13 @@ from pathlib import Path
 LABELS = ["negative", "neutral", "positive"]
 
 
-def pruned_student(layers: int, heads_share: float, ffn_share: float):
-    """MiniLM-L6 cut to ``layers`` layers, the given shares of each layer's heads and FFN
-    neurons removed (the last ones; untrained head): the frontier's pruned shape."""
+def pruned_student(source: str, layers: int, heads_share: float, ffn_share: float):
+    """The encoder ``source`` cut to ``layers`` layers, the given shares of each layer's heads
+    and FFN neurons removed (the last ones; untrained head): the frontier's pruned shape."""
     from fincompress.compress.prune import layer_parts, prune_ffn, prune_heads
     from fincompress.models.sources import load_classifier
 
-    student, tokenizer = load_classifier("bundled:minilm-l6", LABELS,
+    student, tokenizer = load_classifier(source, LABELS,
                                          config_overrides={"num_hidden_layers": layers})
     parts = layer_parts(student)
     heads, neurons = student.config.num_attention_heads, student.config.intermediate_size
@@ -45,8 +45,8 @@ def pruned_student(layers: int, heads_share: float, ffn_share: float):
     return student, tokenizer
 
 
-def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_share: float,
-              backends: list[str]) -> dict[str, Path]:
+def stand_ins(folder: Path, teacher: str, student: str, layers: int, heads_share: float,
+              ffn_share: float, backends: list[str]) -> dict[str, Path]:
     """The teacher and the student in fp32 and in each backend's INT8 (``teacher_int8_openvino``
     ...), built once and reused by later calls."""
     from hydra.utils import instantiate
@@ -68,7 +68,7 @@ def stand_ins(folder: Path, teacher: str, layers: int, heads_share: float, ffn_s
         return paths
 
     makers = {"teacher": lambda: load_classifier(teacher, LABELS),
-              "student": lambda: pruned_student(layers, heads_share, ffn_share)}
+              "student": lambda: pruned_student(student, layers, heads_share, ffn_share)}
     calibration = training_sentences(300)
     for name, make in makers.items():
         info = {"stage": "stand-in", "labels": LABELS, "note": "untrained weights, for timing"}
@@ -101,6 +101,8 @@ def main() -> None:
     parser.add_argument("--min-round-s", default="0,1",
                         help="benchmark.min_round_s values, taken in turn")
     parser.add_argument("--teacher", default="bundled:mpnet-base")
+    parser.add_argument("--student", default="bundled:minilm-l6",
+                        help="the encoder the student is cut from")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--prune", default="0.67,0.75", help="HEADS,FFN shares removed")
     parser.add_argument("--backends", default="openvino",
@@ -113,8 +115,8 @@ def main() -> None:
     from fincompress.config_checks import trusted_targets
     from fincompress.stages.benchmark import artifacts_override, run_benchmark
 
-    paths = stand_ins(args.output / "models", args.teacher, args.layers, heads_share, ffn_share,
-                      args.backends.split(","))
+    paths = stand_ins(args.output / "models", args.teacher, args.student, args.layers,
+                      heads_share, ffn_share, args.backends.split(","))
     runs = []
     for number in range(args.runs):
         for setting in settings:

@@ -78,15 +78,19 @@ def train(folder: Path, overrides: list[str], label: str, results: str = "result
     return json.loads(results.read_text())
 
 
+# a student cut from an encoder: ENCODER_lN[_hH][_fF] (minilm: MiniLM-L6; mpnet: MPNet-base)
+SHAPE = r"(minilm|mpnet)_l(\d+)(?:_h(\d+))?(?:_f(\d+))?"
+
+
 def student_overrides(name: str) -> list[str]:
-    """``minilm_lN``: the minilm_l2 config with N layers; ``minilm_lN_hH_fF``: narrowed to H
-    heads and F FFN neurons per layer (width-pruned before distillation); else a student
-    config's name."""
-    shape = re.fullmatch(r"minilm_l(\d+)(?:_h(\d+))?(?:_f(\d+))?", name)
+    """``minilm_lN``: the minilm_l2 config with N layers (``mpnet_lN``: mpnet_l2's);
+    ``minilm_lN_hH_fF``: narrowed to H heads and F FFN neurons per layer (width-pruned before
+    distillation); else a student config's name."""
+    shape = re.fullmatch(SHAPE, name)
     if not shape:
         return [f"student={name}"]
-    layers, heads, ffn = shape.groups()
-    return ["student=minilm_l2", f"student.model.num_layers={layers}", f"student.name={name}",
+    encoder, layers, heads, ffn = shape.groups()
+    return [f"student={encoder}_l2", f"student.model.num_layers={layers}", f"student.name={name}",
             *([f"student.model.heads={heads}"] if heads else []),
             *([f"student.model.intermediate_size={ffn}"] if ffn else [])]
 
@@ -110,8 +114,9 @@ def prune_student(root: Path, pinned: list[str], student: str, seed: int, distil
                                      f"prune.heads={shares[0]}", f"prune.ffn={shares[1]}",
                                      *PRUNE, f"seed={seed}"], f"{student} pruned seed {seed}")
     final = pruned["models"][-1]
-    layers = int(re.fullmatch(r"minilm_l(\d+).*", student).group(1))
-    same_size = (f"minilm_l{layers}_h{round(final['heads'] / layers)}"
+    encoder, layers = re.fullmatch(SHAPE, student).group(1, 2)
+    layers = int(layers)
+    same_size = (f"{encoder}_l{layers}_h{round(final['heads'] / layers)}"
                  f"_f{round(final['ffn_neurons'] / layers)}")
     fresh = train(root / "pruned_fresh", [*pinned, "+experiment=fresh",
                                           *student_overrides(same_size), *PRUNED_FRESH,
@@ -315,8 +320,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--students", default="minilm_l2",
                         help="students, comma-separated: minilm_lN (N of MiniLM-L6's layers, "
-                             "every other one from the 2nd), minilm_lN_hH_fF (each layer "
-                             "narrowed to H heads and F FFN neurons) or any student config name")
+                             "every other one from the 2nd; mpnet_lN: of MPNet-base's), "
+                             "minilm_lN_hH_fF (each layer narrowed to H heads and F FFN "
+                             "neurons) or any student config name")
     parser.add_argument("--prune", type=prune_shares, default=None, metavar="HEADS,FFN",
                         help="also prune each distilled student: these shares of its heads and "
                              "FFN neurons removed (e.g. 0.67,0.75)")
@@ -330,10 +336,10 @@ def main() -> None:
     overrides = [*SHARED, f"paths.output_root={args.output_root}", *args.overrides]
     started = time.perf_counter()
     students = {name: student_overrides(name) for name in args.students.split(",")}
-    unsized = [name for name in students if not re.fullmatch(r"minilm_l\d+", name)]
-    if args.prune and unsized:  # the same-size baseline is built as minilm_lN_hH_fF
-        parser.error(f"--prune needs minilm_lN students (their same-size baseline is "
-                     f"minilm_lN_hH_fF); got {', '.join(unsized)}")
+    unsized = [name for name in students if not re.fullmatch(SHAPE, name)]
+    if args.prune and unsized:  # the same-size baseline is built as ENCODER_lN_hH_fF
+        parser.error(f"--prune needs minilm_lN or mpnet_lN students (their same-size baseline "
+                     f"is built in the same shape); got {', '.join(unsized)}")
     seeds = list(range(42, 42 + args.seeds))
     pinned = list(overrides)
     length = p99_length(pinned)

@@ -93,7 +93,8 @@ def main() -> None:
             model, tokenizer = load_classifier(args.model, LABELS)
         else:
             heads_share, ffn_share = (float(x) for x in args.prune.split(","))
-            model, tokenizer = pruned_student(args.layers, heads_share, ffn_share)
+            model, tokenizer = pruned_student("bundled:minilm-l6", args.layers, heads_share,
+                                              ffn_share)
         for attention in missing:
             ONNXRuntimeBackend(attention=attention).export(model.eval(), tokenizer,
                                                            training_sentences(300),

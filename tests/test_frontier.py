@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from fincompress.data.news import add_sentences, build_news_corpus, held_out, robustness_holdout
 from fincompress.data.phrasebank import comparable
+from fincompress.models.sources import load_tokenizer
 from fincompress.predict import StaticPredictor, softmax
 from fincompress.predict import load as load_predictor
 from fincompress.scoring import score
@@ -336,6 +337,21 @@ def test_a_narrow_frontier_student_composes_and_is_built_that_narrow(tmp_path):
     assert frontier.student_overrides("minilm_l1") == [
         "student=minilm_l2", "student.model.num_layers=1", "student.name=minilm_l1"]
     assert frontier.student_overrides("tiny") == ["student=tiny"]
+
+
+def test_a_student_cut_from_the_teachers_encoder_keeps_its_tokenizer_and_width(tmp_path):
+    frontier = load_frontier_script()
+    cfg = compose_config([*frontier.student_overrides("mpnet_l2_h4_f768"), "+experiment=kd",
+                          "teacher=mpnet_base"], tmp_path)
+    assert cfg.student.name == "mpnet_l2_h4_f768"
+    model, tokenizer = instantiate(cfg.student.model)
+    teacher_tokenizer = load_tokenizer(cfg.teacher.model.source, cfg.paths.model_cache_dir)
+    sentence = "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn."
+    assert tokenizer(sentence)["input_ids"] == teacher_tokenizer(sentence)["input_ids"]
+    layers = model.mpnet.encoder.layer
+    assert len(layers) == 2 and model.config.hidden_size == 768
+    assert [layer.attention.attn.num_attention_heads for layer in layers] == [4, 4]
+    assert [layer.intermediate.dense.out_features for layer in layers] == [768, 768]
 
 
 def test_a_pruned_student_is_judged_against_its_own_size_fine_tuned(tmp_path):
