@@ -5,7 +5,8 @@
         [--layers 2] [--prune 0.67,0.75] [--backends openvino,onnxruntime,onnxruntime_static]
 
 Builds stand-ins in the frontier's shapes, with weights that do not matter for timing (as the
-benchmark's published rows): the teacher (``--teacher``), and a MiniLM cut to ``--layers``
+benchmark's published rows): the teacher (``--teacher``), and an encoder (``--student``:
+MiniLM-L6, or MPNet-base for a student cut from the teacher's encoder) cut to ``--layers``
 layers with the given shares of heads and FFN neurons removed (the same number from each
 layer), each also in INT8 through every backend of ``--backends`` (``quantize.engines``, as the
 PTQ stage builds them). Then it runs the benchmark stage ``--runs`` times for each
